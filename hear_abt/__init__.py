@@ -1,0 +1,1 @@
+"""hear-abt: Audio Barlow Twins embeddings behind the HEAR 2021 API."""

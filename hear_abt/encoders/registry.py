@@ -1,0 +1,32 @@
+"""Encoder registry: names in configs map to constructors (the timm pattern)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _ENCODERS:
+            raise ValueError(f"encoder {name!r} registered twice")
+        _ENCODERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_encoders() -> list[str]:
+    return sorted(_ENCODERS)
+
+
+def create_encoder(name: str, **kwargs) -> nn.Module:
+    """Build a registered encoder. Every encoder maps (B, 1, n_mels, frames) to (B, embed_dim)."""
+    try:
+        factory = _ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}") from None
+    return factory(**kwargs)

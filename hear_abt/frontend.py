@@ -1,0 +1,68 @@
+"""Waveform -> normalised log-mel spectrogram, shared by pre-training and inference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchaudio.functional import melscale_fbanks
+
+from .config import FrontendConfig, NormStats
+
+
+class LogMelFrontend(nn.Module):
+    """Centred STFT power spectrum -> HTK mel filterbank -> ``log(mel + offset)``.
+
+    The STFT is zero-padded at the clip edges (``pad_mode="constant"``) so that any clip length works
+    and padding a clip with silence is the same as the front-end's own edge handling. It always runs
+    in float32, also under autocast. Buffers are derived from the config, so they are not saved.
+    """
+
+    def __init__(self, cfg: FrontendConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+        fbanks = melscale_fbanks(
+            n_freqs=cfg.n_fft // 2 + 1,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate,
+            norm=None,
+            mel_scale="htk",
+        )
+        self.register_buffer("fbanks", fbanks, persistent=False)  # (n_freqs, n_mels)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) float waveform -> (batch, n_mels, frames) log-mel."""
+        cfg = self.cfg
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = torch.stft(
+                wav.float(),
+                n_fft=cfg.n_fft,
+                hop_length=cfg.hop_length,
+                win_length=cfg.win_length,
+                window=self.window,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            )
+            power = spec.real.square() + spec.imag.square()  # (B, n_freqs, T)
+            mel = torch.matmul(power.transpose(1, 2), self.fbanks).transpose(1, 2)
+            return torch.log(mel + cfg.log_offset)
+
+    def silence_value(self) -> float:
+        """The log-mel value of digital silence, used to pad spectrograms in the frame domain."""
+        return math.log(self.cfg.log_offset)
+
+
+class Normalize(nn.Module):
+    """Standardise log-mel by the pre-training set's statistics (never the input batch's)."""
+
+    def __init__(self, stats: NormStats):
+        super().__init__()
+        self.stats = stats
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return (logmel - self.stats.mean) / self.stats.std
