@@ -34,8 +34,11 @@ class LogMelFrontend(nn.Module):
         )
         self.register_buffer("fbanks", fbanks, persistent=False)  # (n_freqs, n_mels)
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) float waveform -> (batch, n_mels, frames) log-mel."""
+    def forward(self, wav: torch.Tensor, center: bool = True) -> torch.Tensor:
+        """(batch, samples) float waveform -> (batch, n_mels, frames) log-mel.
+
+        ``center=False`` frames the samples as given (used to compute long clips in chunks).
+        """
         cfg = self.cfg
         with torch.autocast(device_type=wav.device.type, enabled=False):
             spec = torch.stft(
@@ -44,7 +47,7 @@ class LogMelFrontend(nn.Module):
                 hop_length=cfg.hop_length,
                 win_length=cfg.win_length,
                 window=self.window,
-                center=True,
+                center=center,
                 pad_mode="constant",
                 return_complex=True,
             )

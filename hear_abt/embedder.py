@@ -1,0 +1,193 @@
+"""The embedding model behind the HEAR API: front-end + normalisation + encoder, and the two ways
+of turning a batch of clips into scene and timestamp embeddings with bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TIMESTAMP_HOP_MS, TIMESTAMP_WINDOW_MS, ModelConfig
+from .encoders import AudioNTT, create_encoder
+from .frontend import LogMelFrontend, Normalize
+
+TIMESTAMP_MODES = ("faithful", "fast")
+
+
+class ABTEmbedder(nn.Module):
+    """An ABT encoder ready for inference, with the HEAR attributes.
+
+    Timestamp embeddings use 950 ms windows every 50 ms, centred on each timestamp (the first at
+    0 ms, the last at or before the clip's last sample), with silence beyond the clip's edges.
+
+    - ``timestamp_mode="faithful"``: every window goes through the encoder, as in the paper.
+    - ``timestamp_mode="fast"`` (AudioNTT only): frame features are computed once per clip and
+      mean+max pooled per window; see the README for how far it is from the faithful mode.
+
+    Work is done in mini-batches of ``window_batch`` windows, and the front-end in time chunks, so
+    memory stays bounded whatever the clip length.
+    """
+
+    def __init__(self, config: ModelConfig, timestamp_mode: str = "faithful", window_batch: int = 64):
+        super().__init__()
+        if timestamp_mode not in TIMESTAMP_MODES:
+            raise ValueError(f"timestamp_mode must be one of {TIMESTAMP_MODES}, got {timestamp_mode!r}")
+        if not isinstance(window_batch, int) or window_batch < 1:
+            raise ValueError(f"window_batch must be a positive int, got {window_batch!r}")
+        self.config = config
+        self.frontend = LogMelFrontend(config.frontend)
+        self.normalize = Normalize(config.norm)
+        self.encoder = create_encoder(config.encoder, n_mels=config.frontend.n_mels, **config.encoder_kwargs) \
+            if config.encoder == "audiontt" else create_encoder(config.encoder, **config.encoder_kwargs)
+        if timestamp_mode == "fast" and not isinstance(self.encoder, AudioNTT):
+            raise ValueError(f"timestamp_mode='fast' needs an AudioNTT encoder; {config.encoder!r} has only 'faithful'")
+        self.timestamp_mode = timestamp_mode
+        self.window_batch = window_batch
+
+        fe = config.frontend
+        self.sample_rate = int(fe.sample_rate)
+        self.scene_embedding_size = int(self.encoder.embed_dim)
+        self.timestamp_embedding_size = int(self.encoder.embed_dim)
+        self.window_frames = fe.window_frames
+        hop_samples = fe.sample_rate * TIMESTAMP_HOP_MS // 1000
+        if hop_samples % fe.hop_length:
+            raise ValueError("timestamp hop must be a whole number of front-end frames")
+        self.hop_samples = hop_samples
+        self.hop_frames = hop_samples // fe.hop_length
+        if round(TIMESTAMP_WINDOW_MS * fe.sample_rate / 1000 / fe.hop_length) + 1 != fe.window_frames:
+            raise ValueError("front-end window_frames does not span the 950 ms timestamp window")
+        self.eval()
+
+    # ---- front-end -------------------------------------------------------------------------
+
+    def logmel(self, audio: torch.Tensor, chunk_frames: int = 6000) -> torch.Tensor:
+        """(B, N) -> (B, n_mels, 1 + N // hop) log-mel, computed in time chunks (bounded memory).
+
+        Equal to the whole-clip centred STFT: each chunk is framed from the zero-padded clip.
+        """
+        fe = self.config.frontend
+        n_frames = fe.samples_to_frames(audio.shape[-1])
+        if n_frames <= chunk_frames:
+            return self.frontend(audio)
+        half = fe.n_fft // 2
+        padded = F.pad(audio, (half, half))
+        out = []
+        for f0 in range(0, n_frames, chunk_frames):
+            f1 = min(f0 + chunk_frames, n_frames)
+            segment = padded[:, f0 * fe.hop_length : (f1 - 1) * fe.hop_length + fe.n_fft]
+            out.append(self.frontend(segment, center=False))
+        return torch.cat(out, dim=-1)
+
+    def _silence(self) -> float:
+        return self.frontend.silence_value()
+
+    def _encode(self, windows: torch.Tensor) -> torch.Tensor:
+        """(n, n_mels, frames) raw log-mel windows -> (n, D) float32 embeddings."""
+        x = self.normalize(windows).unsqueeze(1)
+        return self.encoder(x).float()
+
+    # ---- timestamps ------------------------------------------------------------------------
+
+    def num_timestamps(self, n_samples: int) -> int:
+        """Timestamps at 0, hop, 2 hop, ... up to the last sample (never past the clip's end)."""
+        return (n_samples - 1) // self.hop_samples + 1
+
+    def timestamps_ms(self, n_samples: int, device: torch.device) -> torch.Tensor:
+        k = torch.arange(self.num_timestamps(n_samples), device=device, dtype=torch.float64)
+        # From sample counts, in float64, so that long clips do not drift.
+        return (k * self.hop_samples * 1000.0 / self.sample_rate).float()
+
+    def _centred_logmel(self, audio: torch.Tensor) -> torch.Tensor:
+        """Log-mel on a frame grid where window k is frames [k*hop_frames, k*hop_frames + window_frames).
+
+        Silence is padded so that timestamp k sits at frame 48 of its 96-frame window.
+        """
+        fe = self.config.frontend
+        left = (self.window_frames // 2) * fe.hop_length
+        right = (self.window_frames - self.window_frames // 2) * fe.hop_length
+        return self.logmel(F.pad(audio, (left, right)))
+
+    @property
+    def _budget_frames(self) -> int:
+        """Frames encoded at once: ``window_batch`` windows' worth (bounds activation memory)."""
+        return self.window_frames * self.window_batch
+
+    def _group_size(self, frames_per_clip: int) -> int:
+        """How many clips to take through the front-end together (at least one)."""
+        return max(1, self._budget_frames // max(frames_per_clip, 1))
+
+    def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) float32 audio -> ((B, T, D) embeddings, (B, T) timestamps in ms)."""
+        n_clips, n_samples = audio.shape
+        n_ts = self.num_timestamps(n_samples)
+        out = torch.empty(n_clips, n_ts, self.timestamp_embedding_size, device=audio.device)
+        group = self._group_size(self.config.frontend.samples_to_frames(n_samples))
+        for s in range(0, n_clips, group):
+            mel = self._centred_logmel(audio[s : s + group])  # (g, n_mels, frames)
+            windows = self._faithful_windows if self.timestamp_mode == "faithful" else self._fast_windows
+            out[s : s + group] = windows(mel, n_ts)
+        ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
+        return out, ts
+
+    def _faithful_windows(self, mel: torch.Tensor, n_ts: int) -> torch.Tensor:
+        """(g, n_mels, frames) -> (g, n_ts, D), encoding ``window_batch`` windows at a time."""
+        windows = mel.unfold(-1, self.window_frames, self.hop_frames)  # view: (g, n_mels, n_ts, frames)
+        n_clips = mel.shape[0]
+        flat = torch.empty(n_clips * n_ts, self.timestamp_embedding_size, device=mel.device)
+        for i in range(0, n_clips * n_ts, self.window_batch):
+            ids = torch.arange(i, min(i + self.window_batch, n_clips * n_ts), device=mel.device)
+            flat[ids] = self._encode(windows[ids // n_ts, :, ids % n_ts])  # copies only this batch
+        return flat.view(n_clips, n_ts, -1)
+
+    def _fast_windows(self, mel: torch.Tensor, n_ts: int) -> torch.Tensor:
+        """(g, n_mels, frames) -> (g, n_ts, D): AudioNTT frame features once, pooled per window."""
+        encoder: AudioNTT = self.encoder
+        stride = encoder.TIME_STRIDE
+        per_window = self.window_frames // stride
+        # A few silence frames on the right so that the last window's pooled span exists.
+        mel = F.pad(mel, (0, stride), value=self._silence())
+        x = self.normalize(mel).unsqueeze(1)
+        chunk = max(stride, self._budget_frames // mel.shape[0] // stride * stride)
+        frames = encoder.frame_features_chunked(x, chunk)  # (g, frames // 4, D)
+        # Window k spans frames [5k, 5k + 96): pool the 24 feature frames (4 frames each) nearest to it.
+        starts = (torch.arange(n_ts, device=mel.device) * self.hop_frames + stride // 2) // stride
+        offsets = torch.arange(per_window, device=mel.device)
+        out = torch.empty(mel.shape[0], n_ts, encoder.embed_dim, device=mel.device)
+        for i in range(0, n_ts, self.window_batch):
+            idx = starts[i : i + self.window_batch, None] + offsets  # (n, per_window)
+            out[:, i : i + self.window_batch] = encoder.pool(frames[:, idx].flatten(0, 1)).view(mel.shape[0], -1, encoder.embed_dim).float()
+        return out
+
+    # ---- scenes ----------------------------------------------------------------------------
+
+    def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, N) float32 audio -> (B, D).
+
+        AudioNTT: mean + max of the frame features over the whole clip. ViT: mean of [CLS] over
+        consecutive 96-frame chunks, the last one padded with silence (and no empty chunk). Clips
+        shorter than one window (950 ms) are padded with silence to one window.
+        """
+        n_clips, n_samples = audio.shape
+        n_frames = self.config.frontend.samples_to_frames(n_samples)
+        n_chunks = math.ceil(n_frames / self.window_frames)
+        padded_frames = n_chunks * self.window_frames
+        out = torch.empty(n_clips, self.scene_embedding_size, device=audio.device)
+        group = self._group_size(padded_frames)
+        for s in range(0, n_clips, group):
+            mel = self.logmel(audio[s : s + group])
+            g = mel.shape[0]
+            if isinstance(self.encoder, AudioNTT):
+                if n_frames < self.window_frames:
+                    mel = F.pad(mel, (0, self.window_frames - n_frames), value=self._silence())
+                x = self.normalize(mel).unsqueeze(1)
+                frames = self.encoder.frame_features_chunked(x, max(4, self._budget_frames // g // 4 * 4))
+                out[s : s + g] = AudioNTT.pool(frames).float()
+            else:
+                mel = F.pad(mel, (0, padded_frames - n_frames), value=self._silence())
+                chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)
+                chunks = chunks.reshape(g * n_chunks, mel.shape[1], self.window_frames)
+                cls = torch.cat([self._encode(chunks[i : i + self.window_batch]) for i in range(0, len(chunks), self.window_batch)])
+                out[s : s + g] = cls.view(g, n_chunks, -1).mean(dim=1)
+        return out

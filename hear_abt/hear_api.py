@@ -1,0 +1,123 @@
+"""The HEAR 2021 API (load_model, get_scene_embeddings, get_timestamp_embeddings) over ABTEmbedder.
+
+The public modules ``hear_abt``, ``hear_abt.audiontt`` and ``hear_abt.vitc_b`` bind these functions
+to their encoder family and default weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .embedder import ABTEmbedder
+from .weights import WeightsError, default_weights_source, load_checkpoint
+
+
+class AudioInputError(ValueError):
+    """The audio given to an embedding function is not what the HEAR API specifies."""
+
+
+def load_model(
+    model_file_path: str | os.PathLike = "",
+    *,
+    family: str | None = "audiontt",
+    timestamp_mode: str = "faithful",
+    window_batch: int = 64,
+    **unknown: Any,
+) -> ABTEmbedder:
+    """Load an ABT model for the HEAR API.
+
+    ``model_file_path``: a checkpoint folder, a ``.safetensors`` or training checkpoint file, or a Hub
+    id ``org/name[@revision]``. Empty: ``$HEAR_ABT_WEIGHTS`` if set, else the pinned default weights
+    of ``family``. ``family`` (set by the public module) is the encoder the weights must hold; None
+    accepts any. The model is returned in eval mode on the CPU; move it with ``.to(device)`` or let
+    the embedding functions follow the audio's device.
+    """
+    if unknown:
+        raise TypeError(f"load_model() got unexpected options {sorted(unknown)}; known: timestamp_mode, window_batch")
+    source = os.fspath(model_file_path) or default_weights_source(family or "audiontt")
+    checkpoint = load_checkpoint(source)
+    config = checkpoint.config
+    if family is not None and config.encoder != family:
+        raise WeightsError(
+            f"{source} holds a {config.encoder!r} encoder, but this module serves {family!r}: "
+            f"use the module hear_abt.{config.encoder} (or hear_abt, which takes any)."
+        )
+    model = ABTEmbedder(config, timestamp_mode=timestamp_mode, window_batch=window_batch)
+    try:
+        model.encoder.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"weights in {checkpoint.source} do not fit the {config.encoder!r} encoder: {err}") from err
+    return model.eval()
+
+
+def module_loader(family: str):
+    """``load_model`` for a HEAR module that serves one encoder family."""
+
+    def load(model_file_path: str | os.PathLike = "", **kwargs: Any) -> ABTEmbedder:
+        return load_model(model_file_path, family=family, **kwargs)
+
+    load.__doc__ = f"Load ABT {family} weights (default: $HEAR_ABT_WEIGHTS, else the released {family} weights)."
+    return load
+
+
+def _as_audio_tensor(audio: Any) -> torch.Tensor:
+    """Validate HEAR audio: a real floating (n_sounds, n_samples) array with finite samples."""
+    if isinstance(audio, np.ndarray):
+        if audio.dtype.kind != "f":
+            raise AudioInputError(_dtype_message(str(audio.dtype)))
+        audio = torch.from_numpy(np.ascontiguousarray(audio))
+    if not isinstance(audio, torch.Tensor):
+        raise AudioInputError(f"audio must be a torch.Tensor or numpy array, got {type(audio).__name__}")
+    if not audio.dtype.is_floating_point:
+        raise AudioInputError(_dtype_message(str(audio.dtype)))
+    if audio.ndim != 2:
+        hint = " For a single clip use audio[None]." if audio.ndim == 1 else ""
+        raise AudioInputError(f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}.{hint}")
+    if audio.shape[0] == 0:
+        raise AudioInputError("audio is an empty batch (0 sounds); pass at least one clip")
+    if audio.shape[1] == 0:
+        raise AudioInputError("audio clips have zero length (0 samples); pass at least one sample per clip")
+    # float64/float16 are converted first, so the answer is the float32 answer.
+    audio = audio.float()
+    finite = torch.isfinite(audio).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise AudioInputError(f"audio has NaN or Inf samples in sound(s) {bad[:10]}; clean or drop them first")
+    return audio
+
+
+def _dtype_message(dtype: str) -> str:
+    if "complex" in dtype:
+        return f"audio is {dtype}: pass real-valued samples (e.g. the real part), as float32 in [-1, 1]"
+    return f"audio is {dtype}: pass float samples in [-1, 1] (e.g. int16 audio / 32768.0)"
+
+
+def _prepare(audio: Any, model: ABTEmbedder) -> torch.Tensor:
+    if not isinstance(model, ABTEmbedder):
+        raise TypeError(f"model must come from load_model(), got {type(model).__name__}")
+    audio = _as_audio_tensor(audio)
+    # Follow the audio's device: the caller decides where to compute (never .cuda() on our own).
+    param = next(model.parameters())
+    if param.device != audio.device:
+        model.to(audio.device)
+    model.eval()
+    return audio
+
+
+def get_scene_embeddings(audio: Any, model: ABTEmbedder) -> torch.Tensor:
+    """(n_sounds, n_samples) 16 kHz audio -> (n_sounds, model.scene_embedding_size) float32."""
+    audio = _prepare(audio, model)
+    with torch.no_grad():
+        return model.scene_embeddings(audio).float()
+
+
+def get_timestamp_embeddings(audio: Any, model: ABTEmbedder) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) 16 kHz audio -> ((n_sounds, n_timestamps, D) float32, timestamps in ms)."""
+    audio = _prepare(audio, model)
+    with torch.no_grad():
+        emb, ts = model.timestamp_embeddings(audio)
+        return emb.float(), ts
