@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TIMESTAMP_HOP_MS, TIMESTAMP_WINDOW_MS, ModelConfig
-from .encoders import AudioNTT, create_encoder
+from .encoders import AudioNTT, create_encoder_for
 from .frontend import LogMelFrontend, Normalize
 
 TIMESTAMP_MODES = ("faithful", "fast")
@@ -39,14 +39,15 @@ class ABTEmbedder(nn.Module):
         self.config = config
         self.frontend = LogMelFrontend(config.frontend)
         self.normalize = Normalize(config.norm)
-        self.encoder = create_encoder(config.encoder, n_mels=config.frontend.n_mels, **config.encoder_kwargs) \
-            if config.encoder == "audiontt" else create_encoder(config.encoder, **config.encoder_kwargs)
+        fe = config.frontend
+        self.encoder = create_encoder_for(config.encoder, config.encoder_kwargs, fe.n_mels, fe.window_frames)
         if timestamp_mode == "fast" and not isinstance(self.encoder, AudioNTT):
-            raise ValueError(f"timestamp_mode='fast' needs an AudioNTT encoder; {config.encoder!r} has only 'faithful'")
+            raise ValueError(
+                f"timestamp_mode='fast' needs an AudioNTT encoder; {config.encoder!r} has only 'faithful'"
+            )
         self.timestamp_mode = timestamp_mode
         self.window_batch = window_batch
 
-        fe = config.frontend
         self.sample_rate = int(fe.sample_rate)
         self.scene_embedding_size = int(self.encoder.embed_dim)
         self.timestamp_embedding_size = int(self.encoder.embed_dim)
@@ -157,7 +158,9 @@ class ABTEmbedder(nn.Module):
         out = torch.empty(mel.shape[0], n_ts, encoder.embed_dim, device=mel.device)
         for i in range(0, n_ts, self.window_batch):
             idx = starts[i : i + self.window_batch, None] + offsets  # (n, per_window)
-            out[:, i : i + self.window_batch] = encoder.pool(frames[:, idx].flatten(0, 1)).view(mel.shape[0], -1, encoder.embed_dim).float()
+            out[:, i : i + self.window_batch] = (
+                encoder.pool(frames[:, idx].flatten(0, 1)).view(mel.shape[0], -1, encoder.embed_dim).float()
+            )
         return out
 
     # ---- scenes ----------------------------------------------------------------------------
@@ -188,6 +191,11 @@ class ABTEmbedder(nn.Module):
                 mel = F.pad(mel, (0, padded_frames - n_frames), value=self._silence())
                 chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)
                 chunks = chunks.reshape(g * n_chunks, mel.shape[1], self.window_frames)
-                cls = torch.cat([self._encode(chunks[i : i + self.window_batch]) for i in range(0, len(chunks), self.window_batch)])
+                cls = torch.cat(
+                    [
+                        self._encode(chunks[i : i + self.window_batch])
+                        for i in range(0, len(chunks), self.window_batch)
+                    ]
+                )
                 out[s : s + g] = cls.view(g, n_chunks, -1).mean(dim=1)
         return out

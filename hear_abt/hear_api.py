@@ -37,7 +37,9 @@ def load_model(
     the embedding functions follow the audio's device.
     """
     if unknown:
-        raise TypeError(f"load_model() got unexpected options {sorted(unknown)}; known: timestamp_mode, window_batch")
+        raise TypeError(
+            f"load_model() got unexpected options {sorted(unknown)}; known: timestamp_mode, window_batch"
+        )
     source = os.fspath(model_file_path) or default_weights_source(family or "audiontt")
     checkpoint = load_checkpoint(source)
     config = checkpoint.config
@@ -50,7 +52,9 @@ def load_model(
     try:
         model.encoder.load_state_dict(checkpoint.state_dict, strict=True)
     except RuntimeError as err:
-        raise WeightsError(f"weights in {checkpoint.source} do not fit the {config.encoder!r} encoder: {err}") from err
+        raise WeightsError(
+            f"weights in {checkpoint.source} do not fit the {config.encoder!r} encoder: {err}"
+        ) from err
     return model.eval()
 
 
@@ -60,7 +64,9 @@ def module_loader(family: str):
     def load(model_file_path: str | os.PathLike = "", **kwargs: Any) -> ABTEmbedder:
         return load_model(model_file_path, family=family, **kwargs)
 
-    load.__doc__ = f"Load ABT {family} weights (default: $HEAR_ABT_WEIGHTS, else the released {family} weights)."
+    load.__doc__ = (
+        f"Load ABT {family} weights (default: $HEAR_ABT_WEIGHTS, else the released {family} weights)."
+    )
     return load
 
 
@@ -76,7 +82,9 @@ def _as_audio_tensor(audio: Any) -> torch.Tensor:
         raise AudioInputError(_dtype_message(str(audio.dtype)))
     if audio.ndim != 2:
         hint = " For a single clip use audio[None]." if audio.ndim == 1 else ""
-        raise AudioInputError(f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}.{hint}")
+        raise AudioInputError(
+            f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}.{hint}"
+        )
     if audio.shape[0] == 0:
         raise AudioInputError("audio is an empty batch (0 sounds); pass at least one clip")
     if audio.shape[1] == 0:
@@ -86,7 +94,9 @@ def _as_audio_tensor(audio: Any) -> torch.Tensor:
     finite = torch.isfinite(audio).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten().tolist()
-        raise AudioInputError(f"audio has NaN or Inf samples in sound(s) {bad[:10]}; clean or drop them first")
+        raise AudioInputError(
+            f"audio has NaN or Inf samples in sound(s) {bad[:10]}; clean or drop them first"
+        )
     return audio
 
 

@@ -84,7 +84,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_pretrained(folder: str | os.PathLike, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Path:
+def save_pretrained(
+    folder: str | os.PathLike, config: ModelConfig, state_dict: dict[str, torch.Tensor]
+) -> Path:
     """Write a Hub-style checkpoint folder (config.json + model.safetensors)."""
     folder = Path(folder).resolve()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -116,7 +118,9 @@ def _read_safetensors(path: Path, expected_sha256: str | None) -> tuple[dict[str
         tensors = load_safetensors_bytes(blob)
         metadata = _safetensors_metadata(blob)
     except (SafetensorError, ValueError, json.JSONDecodeError) as err:
-        raise WeightsError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt.") from err
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt."
+        ) from err
     return tensors, metadata
 
 
@@ -130,7 +134,9 @@ def _load_folder(folder: Path, source: str) -> Checkpoint:
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (config_path, weights_path):
         if not p.is_file():
-            raise WeightsError(f"{folder} is not a hear-abt checkpoint folder: {p.name} is missing. {HOW_TO_GET_WEIGHTS}")
+            raise WeightsError(
+                f"{folder} is not a hear-abt checkpoint folder: {p.name} is missing. {HOW_TO_GET_WEIGHTS}"
+            )
     try:
         data = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
@@ -145,7 +151,9 @@ def _load_safetensors_file(path: Path) -> Checkpoint:
     if SAFETENSORS_CONFIG_KEY in metadata:
         config, _ = _parse_config(json.loads(metadata[SAFETENSORS_CONFIG_KEY]), str(path))
     elif (path.parent / CONFIG_NAME).is_file():
-        config, _ = _parse_config(json.loads((path.parent / CONFIG_NAME).read_text()), str(path.parent / CONFIG_NAME))
+        config, _ = _parse_config(
+            json.loads((path.parent / CONFIG_NAME).read_text()), str(path.parent / CONFIG_NAME)
+        )
     else:
         raise WeightsError(f"{path} carries no hear-abt config (no metadata, no config.json beside it).")
     return Checkpoint(config, tensors, str(path))
@@ -158,7 +166,9 @@ def _load_training_checkpoint(path: Path) -> Checkpoint:
     except Exception as err:  # torch raises several types for truncated/corrupt/unsafe files
         raise WeightsError(f"cannot read training checkpoint {path}: {err}") from err
     if not isinstance(state, dict) or state.get("format") != TRAINING_CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path} is not a hear-abt training checkpoint (no format={TRAINING_CHECKPOINT_FORMAT!r}).")
+        raise WeightsError(
+            f"{path} is not a hear-abt training checkpoint (no format={TRAINING_CHECKPOINT_FORMAT!r})."
+        )
     config, _ = _parse_config(state["model_config"], str(path))
     return Checkpoint(config, state["encoder"], str(path))
 
@@ -188,7 +198,9 @@ def _load_hub(repo_id: str, revision: str | None, source: str) -> Checkpoint:
     except RevisionNotFoundError as err:
         raise WeightsError(f"revision {revision!r} does not exist in Hub repo {repo_id!r}.") from err
     except EntryNotFoundError as err:
-        raise WeightsError(f"Hub repo {repo_id!r} has no {CONFIG_NAME}/{WEIGHTS_NAME}: not a hear-abt checkpoint.") from err
+        raise WeightsError(
+            f"Hub repo {repo_id!r} has no {CONFIG_NAME}/{WEIGHTS_NAME}: not a hear-abt checkpoint."
+        ) from err
     except OSError as err:
         raise WeightsError(f"downloading {repo_id!r} failed: {err}") from err
     return _load_folder(Path(config_path).parent, source)
@@ -208,7 +220,9 @@ def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
             return _load_training_checkpoint(path)
         if path.name == CONFIG_NAME:
             return _load_folder(path.parent, str(path.parent))
-        raise WeightsError(f"{path}: unknown weights file type (expected a folder, .safetensors, .pt or .ckpt).")
+        raise WeightsError(
+            f"{path}: unknown weights file type (expected a folder, .safetensors, .pt or .ckpt)."
+        )
     match = _HUB_ID.match(text)
     if match and not text.startswith((".", "/", "~")):
         return _load_hub(match["repo"], match["revision"], text)

@@ -30,3 +30,13 @@ def create_encoder(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}") from None
     return factory(**kwargs)
+
+
+def create_encoder_for(name: str, kwargs: dict, n_mels: int, window_frames: int) -> nn.Module:
+    """Build an encoder whose input size follows the front-end (shared by training and inference)."""
+    kwargs = dict(kwargs)
+    if name == "audiontt":
+        kwargs.setdefault("n_mels", n_mels)
+    else:
+        kwargs.setdefault("input_size", (n_mels, window_frames))
+    return create_encoder(name, **kwargs)

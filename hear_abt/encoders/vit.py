@@ -143,7 +143,9 @@ class ViT(nn.Module):
         ``keep`` (B, K) optionally lists the patch indices to keep (view masking during training).
         """
         if tuple(x.shape[-2:]) != self.input_size:
-            raise ValueError(f"ViT expects (B, 1, {self.input_size[0]}, {self.input_size[1]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"ViT expects (B, 1, {self.input_size[0]}, {self.input_size[1]}), got {tuple(x.shape)}"
+            )
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim), frequency-major
         tokens = tokens + self.pos_embed.to(tokens.dtype)
         if keep is not None:
@@ -159,7 +161,13 @@ def _make(size: str, conv_stem: bool, **kwargs) -> ViT:
     dim, depth, heads = VIT_SIZES[size]
     # Xiao et al. drop one transformer block from ViT_C to pay for the conv stem.
     depth = kwargs.pop("depth", depth - 1 if conv_stem else depth)
-    return ViT(dim=kwargs.pop("dim", dim), depth=depth, heads=kwargs.pop("heads", heads), conv_stem=conv_stem, **kwargs)
+    return ViT(
+        dim=kwargs.pop("dim", dim),
+        depth=depth,
+        heads=kwargs.pop("heads", heads),
+        conv_stem=conv_stem,
+        **kwargs,
+    )
 
 
 for _size in VIT_SIZES:

@@ -1,0 +1,222 @@
+"""training.prepare (shards, manifest, stats, resume) and training.data (ShardDataset, CropSampler)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from hear_abt.audio import load_audio
+from hear_abt.config import FrontendConfig
+from hear_abt.frontend import LogMelFrontend
+from training import prepare as prep
+from training.data import CropSampler, ShardDataset
+
+GOOD = [
+    "speech/hello.wav",
+    "speech/nested/barlow.wav",
+    "speech/twins.wav",
+    "tone_stereo_44k.wav",
+    "blip.flac",
+]
+BAD = ["corrupt.wav", "empty.wav"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "speech/nested").mkdir(parents=True)
+    for rel, text in zip(GOOD[:3], ["hello", "audio barlow twins", "twins"]):
+        subprocess.run(["espeak-ng", "-v", "en", "-w", str(root / rel), text], check=True)
+    t = np.arange(int(44_100 * 2.0)) / 44_100
+    left, right = 0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 1500 * t)
+    sf.write(root / "tone_stereo_44k.wav", np.stack([left, right], 1).astype(np.float32), 44_100)
+    sf.write(
+        root / "blip.flac", (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32), 16_000
+    )
+    (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00garbage, not audio")
+    sf.write(root / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    (root / "notes.txt").write_text("not audio, must be ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    # Two spawned workers here; the resume test below decodes inline and must agree bit for bit.
+    assert (
+        prep.main([str(corpus), str(out), "--workers", "2", "--clips-per-shard", "3", "--no-progress"]) == 0
+    )
+    return out
+
+
+def _direct_stats(corpus) -> tuple[float, float]:
+    frontend = LogMelFrontend(FrontendConfig())
+    with torch.inference_mode():
+        values = [
+            frontend(torch.from_numpy(load_audio(corpus / rel))[None]).double().flatten() for rel in GOOD
+        ]
+    allv = torch.cat(values)
+    return allv.mean().item(), allv.std(unbiased=False).item()
+
+
+def test_manifest_counts_stats_and_shards(corpus, prepared, capsys):
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    totals = manifest["totals"]
+    assert (totals["files"], totals["clips"], totals["skipped"], totals["shards"]) == (7, 5, 2, 3)
+    assert sorted(s["path"] for s in manifest["skipped"]) == BAD
+    assert all("AudioFileError" in s["reason"] and s["path"] in s["reason"] for s in manifest["skipped"])
+    assert sorted(src for shard in manifest["shards"] for src in shard["sources"]) == sorted(GOOD)
+    assert manifest["frontend"] == FrontendConfig().__dict__
+
+    mean, std = _direct_stats(corpus)
+    assert manifest["norm"]["mean"] == pytest.approx(mean, abs=1e-3)
+    assert manifest["norm"]["std"] == pytest.approx(std, abs=1e-3)
+
+    for shard in manifest["shards"]:
+        data = np.load(prepared / shard["data"], mmap_mode="r")
+        assert isinstance(data, np.memmap) and data.dtype == np.float16
+        assert data.shape == (shard["frames"], 64)
+        index = np.load(prepared / shard["index"])
+        assert index.shape == (shard["clips"], 2) and index[:, 1].sum() == shard["frames"]
+
+
+def test_summary_line(corpus, tmp_path, capsys):
+    prep.main([str(corpus), str(tmp_path / "o"), "--workers", "1", "--clips-per-shard", "7", "--no-progress"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("prepared 5 clips (") and line.endswith(
+        "in 1 shards; skipped 2 files (see manifest.json)"
+    )
+
+
+def test_resume_rebuilds_only_missing_shards(corpus, prepared, tmp_path):
+    out = tmp_path / "out"
+    first = prep.prepare(corpus, out, workers=1, clips_per_shard=3, progress=False)
+    assert first.built_shards == [0, 1, 2] and first.reused_shards == []
+    manifest_bytes = (out / "manifest.json").read_bytes()
+    # Same result whether decoded by spawned workers or inline.
+    assert manifest_bytes == (prepared / "manifest.json").read_bytes()
+    shard_files = sorted((out / "shards").iterdir())
+    mtimes = {p: p.stat().st_mtime_ns for p in shard_files}
+
+    again = prep.prepare(corpus, out, workers=1, clips_per_shard=3, progress=False)
+    assert again.built_shards == [] and again.reused_shards == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in shard_files} == mtimes
+
+    (out / "shards" / "shard-000001.npy").unlink()
+    resumed = prep.prepare(corpus, out, workers=1, clips_per_shard=3, progress=False)
+    assert resumed.built_shards == [1]
+    changed = {p.name for p in shard_files if p.stat().st_mtime_ns != mtimes[p]}
+    assert changed <= {"shard-000001.npy", "shard-000001.index.npy", "shard-000001.json"}
+    assert (out / "manifest.json").read_bytes() == manifest_bytes
+
+
+def test_manifest_file_source(corpus, tmp_path):
+    listing = tmp_path / "list.txt"
+    lines = ["# comment", f"{corpus / GOOD[0]}", "", "missing.wav"]
+    listing.write_text("\n".join(lines) + "\n")
+    shutil.copy(corpus / GOOD[3], tmp_path / "local.wav")
+    listing.write_text(listing.read_text() + "local.wav\n")
+    summary = prep.prepare(listing, tmp_path / "out", workers=1, progress=False)
+    manifest = json.loads(summary.manifest_path.read_text())
+    assert summary.clips == 2 and summary.skipped == 1
+    assert manifest["shards"][0]["sources"] == [str(corpus / GOOD[0]), "local.wav"]
+    assert manifest["skipped"][0]["path"] == "missing.wav"
+
+
+# ------------------------------------------------------------------------------------ sampler
+
+
+def test_dataset_and_crop_shapes(prepared):
+    ds = ShardDataset(prepared)
+    assert len(ds) == 5 and ds.norm.std > 0 and ds.frontend == FrontendConfig()
+    sampler = CropSampler(ds, batch_size=2, crop_frames=96, seed=1)
+    assert len(sampler) == 2
+    batches = list(sampler)
+    assert len(batches) == 2 and sampler.state_dict()["epoch"] == 1
+    for x in batches:
+        assert x.shape == (2, 1, 64, 96) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    wide = CropSampler(ds, batch_size=5, crop_frames=480, seed=1, prefetch=0).batch_at(0, 0)
+    assert wide.shape == (5, 1, 64, 480)
+
+
+def test_short_clip_padded_with_silence(prepared):
+    ds = ShardDataset(prepared)
+    silence = math.log(FrontendConfig().log_offset)
+    assert ds.silence_value == silence
+    short = int(np.argmin(ds.clip_length))
+    length = int(ds.clip_length[short])
+    assert length < 96
+    crop = ds.gather_crops(np.array([short]), np.array([-10]), 96)[0]
+    np.testing.assert_array_equal(crop[:, 10 : 10 + length], ds[short].astype(np.float32))
+    assert (crop[:, :10] == silence).all() and (crop[:, 10 + length :] == silence).all()
+
+    long = int(np.argmax(ds.clip_length))
+    crop = ds.gather_crops(np.array([long]), np.array([7]), 96)[0]
+    np.testing.assert_array_equal(crop, ds[long][:, 7:103].astype(np.float32))
+
+
+def test_determinism_and_normalize(prepared):
+    ds = ShardDataset(prepared)
+
+    def take(sampler, n):
+        out = []
+        while len(out) < n:
+            out.extend(sampler)
+        return out[:n]
+
+    a = take(CropSampler(ds, batch_size=2, seed=3), 6)
+    b = take(CropSampler(ds, batch_size=2, seed=3, prefetch=0), 6)
+    c = take(CropSampler(ds, batch_size=2, seed=4), 6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    normed = CropSampler(ds, batch_size=2, seed=3, normalize=True).batch_at(0, 0)
+    torch.testing.assert_close(normed, (a[0] - ds.norm.mean) / ds.norm.std)
+
+
+def test_state_dict_round_trip(prepared):
+    ds = ShardDataset(prepared)
+    sampler = CropSampler(ds, batch_size=2, seed=5, prefetch=2)
+    seen = []
+    for x in sampler:  # stop mid-epoch: the prefetched-but-unconsumed batch must not count
+        seen.append(x)
+        break
+    state = sampler.state_dict()
+    assert (state["epoch"], state["batch"]) == (0, 1)
+    expected = list(sampler) + list(sampler)  # rest of epoch 0, then epoch 1
+
+    restored = CropSampler(ds, batch_size=2, seed=5, prefetch=0)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    got = list(restored) + list(restored)
+    assert len(got) == len(expected) == 3
+    assert all(torch.equal(x, y) for x, y in zip(got, expected))
+    with pytest.raises(ValueError, match="seed"):
+        CropSampler(ds, batch_size=2, seed=6).load_state_dict(state)
+
+
+def test_rank_split_is_disjoint(prepared):
+    ds = ShardDataset(prepared)
+    ranks = [CropSampler(ds, batch_size=1, seed=0, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(3):
+        ids = [set(s.epoch_indices(epoch).tolist()) for s in ranks]
+        assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+
+
+def test_max_seconds_per_clip_truncates(corpus, tmp_path):
+    (tmp_path / "src").mkdir()
+    shutil.copy(corpus / GOOD[3], tmp_path / "src" / "tone.wav")
+    prep.main(
+        [str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "1", "--max-seconds-per-clip", "0.5"]
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["totals"]["seconds"] == 0.5
+    assert manifest["totals"]["frames"] == FrontendConfig().samples_to_frames(8000)

@@ -1,0 +1,271 @@
+"""Memory-mapped log-mel shards (from ``training.prepare``) and a fast, resumable random-crop sampler.
+
+:class:`CropSampler` yields batches of RAW log-mel crops, float32 ``(B, 1, n_mels, crop_frames)``;
+standardising by :attr:`ShardDataset.norm` is left to the training step so it runs on the device
+(pass ``normalize=True`` to get standardised crops instead).
+
+Clips shorter than the crop are padded with the log-mel value of digital silence,
+``log(FrontendConfig.log_offset)`` (about -15.9), not with 0: the paper's "padded with zeros" means
+zero *audio*, and zero audio through the front-end gives ``log(0 + offset)``. A literal 0 in the log
+domain would be a loud, flat-spectrum band that never occurs in real audio.
+
+Data order is a pure function of (seed, epoch, batch index, rank): an epoch is the permutation of
+clip indices drawn from ``Generator(PCG64(seed + epoch))``, split across ranks as
+``perm[rank::world_size]`` (truncated to equal length so that every rank takes the same number of
+steps); crop offsets of batch ``b`` come from ``Generator(PCG64([seed, epoch, b, rank]))``. So
+:meth:`CropSampler.state_dict` only needs (epoch, batch) to resume with identical batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from hear_abt.config import FrontendConfig, NormStats
+
+from .prepare import MANIFEST_NAME, SHARD_FORMAT_VERSION
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _ensure_open_file_limit(needed: int) -> None:
+    """Each memory map keeps a file descriptor; ~800 AudioSet shards approach the usual 1024 limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class ShardDataset:
+    """The clips of a prepared folder; ``dataset[i]`` is clip i's float16 (n_mels, frames) log-mel."""
+
+    def __init__(self, data_dir: PathLike):
+        self.data_dir = Path(data_dir).resolve()
+        manifest_path = self.data_dir / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path} not found; run `python -m training.prepare` first")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        version = self.manifest.get("format_version")
+        if not isinstance(version, int) or version > SHARD_FORMAT_VERSION:
+            raise ValueError(f"{manifest_path}: unsupported shard format version {version!r}")
+        self.frontend = FrontendConfig(**self.manifest["frontend"])
+        self.norm = NormStats(**self.manifest["norm"])
+        self.silence_value = math.log(self.frontend.log_offset)
+
+        shard_records = [r for r in self.manifest["shards"] if r["clips"] > 0]
+        _ensure_open_file_limit(len(shard_records) + 256)
+        # Plain ndarray views of the maps: indexing a np.memmap subclass adds per-call overhead.
+        self.shards: list[np.ndarray] = []
+        shard_of, offsets, lengths = [], [], []
+        self.sources: list[str] = []
+        for shard_id, record in enumerate(shard_records):
+            data = np.load(self.data_dir / record["data"], mmap_mode="r")
+            index = np.load(self.data_dir / record["index"])
+            if data.shape[1] != self.frontend.n_mels or len(index) != record["clips"]:
+                raise ValueError(f"shard {record['data']} does not match the manifest; re-run prepare")
+            self.shards.append(np.asarray(data))
+            shard_of.append(np.full(len(index), shard_id, dtype=np.int32))
+            offsets.append(index[:, 0])
+            lengths.append(index[:, 1])
+            self.sources.extend(record["sources"])
+        if not self.shards:
+            raise ValueError(f"{manifest_path} lists no clips")
+        self.clip_shard = np.concatenate(shard_of)
+        self.clip_offset = np.concatenate(offsets).astype(np.int64)
+        self.clip_length = np.concatenate(lengths).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.clip_length)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = self.clip_offset[i]
+        return self.shards[self.clip_shard[i]][start : start + self.clip_length[i]].T
+
+    def gather_crops(self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int) -> np.ndarray:
+        """float32 (B, n_mels, crop_frames): frames [start, start + crop_frames) of each clip.
+
+        ``start`` may be negative or run past the clip's end; frames outside the clip are silence.
+        """
+        clip_ids = np.asarray(clip_ids, dtype=np.int64)
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = self.clip_length[clip_ids]
+        rel = starts[:, None] + np.arange(crop_frames)  # (B, T) frame within its clip
+        inside = (rel >= 0) & (rel < lengths[:, None])
+        rows = self.clip_offset[clip_ids, None] + np.clip(rel, 0, lengths[:, None] - 1)
+        out = np.empty((len(clip_ids), self.frontend.n_mels, crop_frames), dtype=np.float32)
+        shard_ids = self.clip_shard[clip_ids]
+        # One fancy-index gather per shard present in the batch: no per-clip Python loop.
+        for shard_id in np.unique(shard_ids):
+            sel = np.flatnonzero(shard_ids == shard_id)
+            out[sel] = self.shards[shard_id][rows[sel]].transpose(0, 2, 1)
+        if not inside.all():
+            out.transpose(0, 2, 1)[~inside] = self.silence_value
+        return out
+
+
+class CropSampler:
+    """Endless-by-epoch batches of random ``crop_frames``-frame crops, reproducible and resumable.
+
+    ``for x in sampler`` yields the rest of the current epoch (``len(sampler)`` batches from its
+    start) and leaves the sampler at the next epoch, so ``for epoch ...: for x in sampler`` and
+    ``while step < n: for x in sampler`` both work. With ``prefetch > 0`` a background thread builds
+    that many batches ahead; the state always reflects the batches already handed out.
+    """
+
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        crop_frames: int = 96,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        normalize: bool = False,
+        prefetch: int = 2,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if batch_size < 1 or crop_frames < 1:
+            raise ValueError(f"batch_size and crop_frames must be >= 1, got {batch_size}, {crop_frames}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.crop_frames = crop_frames
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.normalize = normalize
+        self.prefetch = prefetch
+        self.clips_per_rank = len(dataset) // world_size
+        if drop_last:
+            self.batches_per_epoch = self.clips_per_rank // batch_size
+        else:
+            self.batches_per_epoch = math.ceil(self.clips_per_rank / batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} clips over {world_size} ranks do not fill one batch of {batch_size}"
+            )
+        self.epoch = 0
+        self.batch = 0  # index of the next batch to hand out within self.epoch
+        self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This rank's clip indices for ``epoch``, in order."""
+        cached_epoch, order = self._order_cache
+        if cached_epoch != epoch:
+            perm = np.random.Generator(np.random.PCG64(self.seed + epoch)).permutation(len(self.dataset))
+            order = perm[self.rank :: self.world_size][: self.clips_per_rank]
+            self._order_cache = (epoch, order)
+        return order
+
+    def batch_at(self, epoch: int, batch: int) -> torch.Tensor:
+        """Batch ``batch`` of ``epoch`` as float32 (B, 1, n_mels, crop_frames); a pure function."""
+        clip_ids = self.epoch_indices(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size]
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch, batch, self.rank]))
+        excess = self.dataset.clip_length[clip_ids] - self.crop_frames
+        # Long clips: a window inside the clip. Short clips: the clip at a random place in a
+        # window of silence (the window may start before the clip), so padding is not always right.
+        starts = rng.integers(np.minimum(excess, 0), np.maximum(excess, 0) + 1)
+        crops = self.dataset.gather_crops(clip_ids, starts, self.crop_frames)
+        if self.normalize:
+            crops -= np.float32(self.dataset.norm.mean)
+            crops /= np.float32(self.dataset.norm.std)
+        return torch.from_numpy(crops).unsqueeze(1)
+
+    def _advance(self, epoch: int, batch: int) -> None:
+        """Record that ``batch`` of ``epoch`` has been handed out."""
+        if batch + 1 >= self.batches_per_epoch:
+            self.epoch, self.batch = epoch + 1, 0
+        else:
+            self.epoch, self.batch = epoch, batch + 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch, first = self.epoch, self.batch
+        if self.prefetch <= 0:
+            for b in range(first, self.batches_per_epoch):
+                crops = self.batch_at(epoch, b)
+                self._advance(epoch, b)
+                yield crops
+            return
+        yield from self._prefetched(epoch, first)
+
+    def _prefetched(self, epoch: int, first: int) -> Iterator[torch.Tensor]:
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item: tuple[int, Any]) -> bool:
+            """Queue ``item`` unless the consumer has gone; False once it has."""
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for b in range(first, self.batches_per_epoch):
+                    if not put((b, self.batch_at(epoch, b))):
+                        return
+            except BaseException as err:  # hand the error to the consumer instead of losing it
+                put((-1, err))
+
+        worker = threading.Thread(target=produce, name="CropSampler-prefetch", daemon=True)
+        worker.start()
+        try:
+            for _ in range(first, self.batches_per_epoch):
+                b, crops = ready.get()
+                if b < 0:
+                    raise crops
+                self._advance(epoch, b)
+                yield crops
+        finally:
+            stop.set()
+            worker.join()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch."""
+        self.epoch, self.batch = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "crop_frames": self.crop_frames,
+            "num_clips": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue where ``state`` left off; the settings that shape the batches must match."""
+        for key in ("seed", "rank", "world_size", "batch_size", "crop_frames", "num_clips"):
+            ours = self.state_dict()[key]
+            if key in state and state[key] != ours:
+                raise ValueError(f"sampler state has {key}={state[key]}, but this sampler has {ours}")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= self.batch < self.batches_per_epoch:
+            raise ValueError(f"batch {self.batch} outside epoch of {self.batches_per_epoch} batches")
+
+
+__all__ = ["CropSampler", "ShardDataset"]
