@@ -20,7 +20,9 @@ def numpy_logmel(wav: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     n_frames = 1 + len(wav) // cfg.hop_length
     n = np.arange(cfg.win_length)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / cfg.win_length)
-    frames = np.stack([padded[i * cfg.hop_length : i * cfg.hop_length + cfg.n_fft] * window for i in range(n_frames)])
+    frames = np.stack(
+        [padded[i * cfg.hop_length : i * cfg.hop_length + cfg.n_fft] * window for i in range(n_frames)]
+    )
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (T, n_fft/2+1)
     freqs = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
     mel_points = np.linspace(htk_mel(cfg.f_min), htk_mel(cfg.f_max), cfg.n_mels + 2)

@@ -64,7 +64,9 @@ def test_model_attributes_are_ints(ntt, vit):
         assert not model.training
 
 
-@pytest.mark.parametrize("n_samples,expected", [(1, 1), (800, 1), (801, 2), (16000, 20), (16001, 21), (17123, 22)])
+@pytest.mark.parametrize(
+    "n_samples,expected", [(1, 1), (800, 1), (801, 2), (16000, 20), (16001, 21), (17123, 22)]
+)
 def test_timestamps_every_50ms_from_zero_never_past_end(ntt, n_samples, expected):
     emb, ts = hear_abt.get_timestamp_embeddings(torch.zeros(2, n_samples), ntt)
     assert emb.shape == (2, expected, 3072) and emb.dtype == torch.float32
@@ -94,8 +96,12 @@ def test_batch_of_one_equals_batch_of_many_and_is_deterministic(which, request):
     scene = hear_abt.get_scene_embeddings(audio, model)
     emb, _ = hear_abt.get_timestamp_embeddings(audio, model)
     for i in range(4):
-        torch.testing.assert_close(hear_abt.get_scene_embeddings(audio[i : i + 1], model)[0], scene[i], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(hear_abt.get_timestamp_embeddings(audio[i : i + 1], model)[0][0], emb[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            hear_abt.get_scene_embeddings(audio[i : i + 1], model)[0], scene[i], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            hear_abt.get_timestamp_embeddings(audio[i : i + 1], model)[0][0], emb[i], atol=1e-5, rtol=1e-5
+        )
     assert torch.equal(hear_abt.get_scene_embeddings(audio, model), scene)
 
 

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 import hear_abt
-from training import export, pretrain, prepare
+from training import export, prepare, pretrain
 from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

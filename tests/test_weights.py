@@ -60,7 +60,9 @@ def test_single_safetensors_file_carries_its_config(folder, tmp_path):
 
 def test_training_checkpoint_file_loads_without_unpickling_code(tmp_path, state):
     path = tmp_path / "last.pt"
-    torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "model_config": CONFIG.to_dict(), "encoder": state}, path)
+    torch.save(
+        {"format": TRAINING_CHECKPOINT_FORMAT, "model_config": CONFIG.to_dict(), "encoder": state}, path
+    )
     assert hear_abt.load_model(path).config == CONFIG
 
 
@@ -69,7 +71,15 @@ def test_pickled_objects_are_refused(tmp_path, state):
 
     # An argparse.Namespace (what the original code pickled) is not on the weights_only allow-list.
     args = argparse.Namespace(lr=0.1)
-    torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "model_config": CONFIG.to_dict(), "encoder": state, "args": args}, path)
+    torch.save(
+        {
+            "format": TRAINING_CHECKPOINT_FORMAT,
+            "model_config": CONFIG.to_dict(),
+            "encoder": state,
+            "args": args,
+        },
+        path,
+    )
     with pytest.raises(WeightsError, match="cannot read training checkpoint"):
         load_checkpoint(path)
 

@@ -48,7 +48,7 @@ def synth_clips(out_dir: Path, n_per_kind: int = 16, seed: int = 0) -> list[Path
 def run_demo(workdir: Path, steps: int = 200) -> None:
     from hear_abt.cli import main as cli_main
 
-    from . import export, pretrain, prepare
+    from . import export, prepare, pretrain
 
     workdir.mkdir(parents=True, exist_ok=True)
     audio_dir, data_dir, run_dir, model_dir = (workdir / n for n in ("audio", "data", "run", "model"))
