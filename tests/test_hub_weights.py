@@ -1,0 +1,88 @@
+"""Weights from the Hub through the real huggingface_hub code, against the local stand-in."""
+
+import pytest
+import torch
+
+import hear_abt
+from hear_abt.config import ModelConfig, NormStats
+from hear_abt.embedder import ABTEmbedder
+from hear_abt.weights import (
+    CONFIG_NAME,
+    DEFAULT_HUB_WEIGHTS,
+    WEIGHTS_ENV,
+    WEIGHTS_NAME,
+    WeightsError,
+    save_pretrained,
+)
+
+REPO = "abt-test/tiny-vit"
+CONFIG = ModelConfig(encoder="vitc_t", encoder_kwargs={"depth": 1}, norm=NormStats(-5.0, 3.0))
+
+
+@pytest.fixture
+def published(hf_hub_env, tmp_path):
+    torch.manual_seed(0)
+    folder = save_pretrained(tmp_path / "ckpt", CONFIG, ABTEmbedder(CONFIG).encoder.state_dict())
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        hf_hub_env.server.add_file(REPO, "v1", name, (folder / name).read_bytes())
+    return hf_hub_env
+
+
+def scene(model):
+    return hear_abt.get_scene_embeddings(torch.linspace(-0.1, 0.1, 16000)[None], model)
+
+
+def test_hub_id_with_revision_downloads_and_matches_local(published, tmp_path):
+    model = hear_abt.load_model(f"{REPO}@v1")
+    assert model.config == CONFIG
+    local = hear_abt.load_model(tmp_path / "ckpt")
+    assert torch.equal(scene(model), scene(local))
+    assert published.server.count("GET", WEIGHTS_NAME) == 1
+
+
+def test_second_load_uses_the_cache_and_works_offline(published):
+    hear_abt.load_model(f"{REPO}@v1")
+    hear_abt.load_model(f"{REPO}@v1")
+    assert published.server.count("GET", WEIGHTS_NAME) == 1  # no second download
+    published.server.stop()
+    published.set_offline(True)
+    assert hear_abt.load_model(f"{REPO}@v1").config == CONFIG
+
+
+def test_environment_variable_can_name_a_hub_id(published, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, f"{REPO}@v1")
+    assert hear_abt.load_model().config == CONFIG
+
+
+def test_unknown_repo_revision_and_file_are_clear_errors(published):
+    with pytest.raises(WeightsError, match="not found"):
+        hear_abt.load_model("abt-test/no-such-repo")
+    with pytest.raises(WeightsError, match="revision 'v9' does not exist"):
+        hear_abt.load_model(f"{REPO}@v9")
+    published.server.add_file("abt-test/not-a-model", "main", "README.md", b"hello")
+    with pytest.raises(WeightsError, match="not a hear-abt checkpoint"):
+        hear_abt.load_model("abt-test/not-a-model")
+
+
+def test_no_network_and_empty_cache_explains_what_to_do(published):
+    published.server.stop()
+    with pytest.raises(WeightsError, match=WEIGHTS_ENV):
+        hear_abt.load_model(f"{REPO}@v1")
+    published.set_offline(True)
+    with pytest.raises(WeightsError, match="not in the local cache"):
+        hear_abt.load_model(f"{REPO}@v1")
+
+
+def test_corrupt_download_is_caught_by_the_checksum(published):
+    published.server.corrupt(REPO, "v1", WEIGHTS_NAME, mode="flip")
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        hear_abt.load_model(f"{REPO}@v1")
+
+
+def test_bare_load_model_without_released_weights_says_how_to_get_some(hf_hub_env, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    with pytest.raises(WeightsError) as err:
+        hear_abt.load_model()
+    message = str(err.value)
+    assert DEFAULT_HUB_WEIGHTS["audiontt"].split("@")[0] in message
+    assert "training.pretrain" in message and WEIGHTS_ENV in message
