@@ -165,3 +165,17 @@ def test_export_loads_through_hear_abt_and_embeds(corpus, tmp_path):
     torch.testing.assert_close(
         hear_abt.get_scene_embeddings(x, same), hear_abt.get_scene_embeddings(x, model)
     )
+
+
+def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, tmp_path):
+    from training import devsuite
+
+    devsuite.main([str(tmp_path / "suite"), "--small", "--tasks", "speech-words", "--jobs", "1"])
+    task = tmp_path / "suite" / "speech-words"
+    assert run(corpus, tmp_path / "run", "probe_every=5", f"probe_task={task}", steps=10) == 0
+    rows = (tmp_path / "run" / "probe.csv").read_text().splitlines()
+    assert rows[0] == "step,task,score" and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
+    scores = [float(r.split(",")[2]) for r in rows[1:]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["best_probe"] == max(scores) and best["step"] == 5 + 5 * int(scores[1] > scores[0])

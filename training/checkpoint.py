@@ -19,6 +19,7 @@ from hear_abt.weights import TRAINING_CHECKPOINT_FORMAT
 
 CHECKPOINT_VERSION = 1
 LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"  # best linear-probe score, when the probe monitor is on
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -44,6 +44,11 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     log_every: int = 20
     image_every: int = 1000  # cross-correlation and loss-curve images
+    # Linear-probe monitor (training.probe): every probe_every steps (0: never), logistic regression
+    # on frozen scene embeddings of a HEAR-format scene task; the best checkpoint is kept as best.pt.
+    probe_every: int = 0
+    probe_task: str = ""
+    probe_max_clips: int = 2000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

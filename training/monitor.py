@@ -47,6 +47,12 @@ class Monitor:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             writer.writeheader()
             writer.writerows(r for r in rows if int(float(r["step"])) <= step)
+        probe_path = self.run_dir / "probe.csv"
+        if probe_path.exists():
+            with open(probe_path, newline="") as f:
+                probe_rows = list(csv.reader(f))
+            with open(probe_path, "w", newline="") as f:
+                csv.writer(f).writerows([probe_rows[0]] + [r for r in probe_rows[1:] if int(r[0]) <= step])
 
     def rows(self) -> list[dict[str, str]]:
         with open(self.csv_path, newline="") as f:
@@ -59,6 +65,16 @@ class Monitor:
         for key, value in row.items():
             if key not in ("step", "epoch"):
                 self.writer.add_scalar(f"train/{key}", value, step)
+
+    def log_probe(self, step: int, task: str, score: float) -> None:
+        path = self.run_dir / "probe.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "task", "score"])
+            writer.writerow([step, task, score])
+        self.writer.add_scalar(f"probe/{task}", score, step)
 
     def images_at(self, step: int, c: torch.Tensor) -> None:
         import matplotlib

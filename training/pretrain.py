@@ -28,13 +28,14 @@ from tqdm import tqdm
 from hear_abt.config import ModelConfig
 
 from .augment import ViewAugmenter
-from .checkpoint import LAST_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PRESETS, TrainConfig, build_config
 from .data import CropSampler, ShardDataset
 from .loss import BarlowTwinsLoss
 from .model import BarlowTwinsModel
 from .monitor import CSV_FIELDS, Monitor, embedding_std
 from .optim import build_optimizer, lr_factor, set_lr
+from .probe import LinearProbe
 
 RUN_FILE = "run.json"
 
@@ -126,6 +127,10 @@ def load_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not args.data:
         raise SystemExit("--data is required for a new run")
     cfg = build_config(args.preset, args.overrides)
+    if cfg.probe_task:
+        cfg.probe_task = str(Path(cfg.probe_task).resolve())
+    if cfg.probe_every and not cfg.probe_task:
+        raise SystemExit("probe_every needs probe_task=PATH (a HEAR-format scene task folder)")
     run = {
         "preset": args.preset,
         "data": str(Path(args.data).resolve()),
@@ -195,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     is_vit = hasattr(net.encoder, "num_patches")
 
     ckpt_path = run_dir / "checkpoints" / LAST_NAME
+    best_path = run_dir / "checkpoints" / BEST_NAME
+    probe = LinearProbe(cfg.probe_task, cfg.probe_max_clips) if cfg.probe_every and is_main else None
+    best_probe = float("-inf")
     step = 0
     if args.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -208,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         augmenter.load_state_dict(state["augment"])
         set_rng_state(state["rng"], aug_gen)
         step = state["step"]
+        best_probe = state.get("best_probe", best_probe)
     if world_size > 1 and args.resume:
         dist.barrier()
 
-    def checkpoint() -> None:
+    def checkpoint(path: Path = ckpt_path) -> None:
         # Sampler and augmentation state differ per rank: gather them so one file resumes all ranks.
         local = {
             "sampler": sampler.state_dict(),
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             gathered = [local]
         if is_main:
             save_checkpoint(
-                ckpt_path,
+                path,
                 {
                     "model_config": model_config.to_dict(),
                     "train_config": cfg.to_dict(),
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                     else [g["sampler"] for g in gathered],
                     "augment": gathered[0]["augment"],
                     "rng": gathered[0]["rng"],
+                    "best_probe": best_probe,
                 },
             )
 
@@ -313,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     monitor.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.2f}", samples_s=f"{rate:.0f}")
+                if cfg.probe_every and step % cfg.probe_every == 0:
+                    score = probe.score(net.encoder, model_config, device) if is_main else None
+                    if world_size > 1:
+                        shared = [score]
+                        dist.broadcast_object_list(shared, src=0)
+                        score = shared[0]
+                    if is_main:
+                        monitor.log_probe(step, probe.name, score)
+                    if score > best_probe:
+                        best_probe = score
+                        checkpoint(best_path)
                 if step % cfg.checkpoint_every == 0 or step == total_steps:
                     checkpoint()
                 if is_main and (step % cfg.image_every == 0 or step == total_steps):

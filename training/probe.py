@@ -1,0 +1,75 @@
+"""Linear-probe monitor: how good are the encoder's frozen scene embeddings, during pre-training?
+
+Every ``probe_every`` steps, the current encoder embeds the train and evaluation splits of a
+HEAR-format scene task (``training.devsuite`` makes some), a logistic regression is fitted on the
+train split and scored (accuracy) on ``valid`` (or ``test`` if the task has no valid split). The
+score goes to TensorBoard and ``probe.csv``, and the best-scoring checkpoint is kept as ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+from hear_abt.config import ModelConfig
+from hear_abt.embedder import ABTEmbedder
+
+
+def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.ndarray, list[str]]:
+    """(clips, samples) float32 audio and one label per clip, in sorted file order."""
+    labels_by_file = json.loads((task_dir / f"{split}.json").read_text())
+    names = sorted(labels_by_file)[:max_clips]
+    audio, labels = [], []
+    for name in names:
+        wav, sr = sf.read(task_dir / "16000" / split / name, dtype="float32", always_2d=True)
+        if sr != 16000:
+            raise ValueError(f"{task_dir / '16000' / split / name} is {sr} Hz, expected 16000")
+        audio.append(wav.mean(axis=1))
+        label = labels_by_file[name]
+        labels.append(label[0] if isinstance(label, list) else label)
+    length = max(len(a) for a in audio)
+    return np.stack([np.pad(a, (0, length - len(a))) for a in audio]), labels
+
+
+class LinearProbe:
+    def __init__(self, task_dir: str | Path, max_clips: int | None = 2000):
+        self.task_dir = Path(task_dir).resolve()
+        meta = json.loads((self.task_dir / "task_metadata.json").read_text())
+        if meta.get("embedding_type") != "scene" or meta.get("prediction_type") != "multiclass":
+            raise ValueError(f"{self.task_dir}: the probe needs a scene, multiclass HEAR task")
+        self.name = meta.get("task_name", self.task_dir.name)
+        eval_split = "valid" if (self.task_dir / "valid.json").is_file() else "test"
+        self.train = load_split(self.task_dir, "train", max_clips)
+        self.eval = load_split(self.task_dir, eval_split, max_clips)
+        self.eval_split = eval_split
+
+    @torch.no_grad()
+    def embed(
+        self, model: ABTEmbedder, audio: np.ndarray, device: torch.device, batch: int = 32
+    ) -> np.ndarray:
+        x = torch.from_numpy(audio)
+        return torch.cat(
+            [model.scene_embeddings(x[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)]
+        ).numpy()
+
+    def score(self, encoder: nn.Module, config: ModelConfig, device: torch.device) -> float:
+        """Accuracy of a logistic regression on frozen scene embeddings of ``encoder`` (a copy is used,
+        in eval mode, so training state and random streams are untouched)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model = ABTEmbedder(config)
+        model.encoder.load_state_dict(encoder.state_dict())
+        model.to(device).eval()
+        train_x = self.embed(model, self.train[0], device)
+        eval_x = self.embed(model, self.eval[0], device)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        clf.fit(train_x, self.train[1])
+        return float(clf.score(eval_x, self.eval[1]))
