@@ -179,3 +179,31 @@ def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, 
     assert all(0.0 <= s <= 1.0 for s in scores)
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["best_probe"] == max(scores) and best["step"] == 5 + 5 * int(scores[1] > scores[0])
+
+
+def test_vit_preset_trains_with_adamw_and_view_masking(corpus, tmp_path):
+    args = [
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(tmp_path / "vit"),
+        "--max-steps",
+        "3",
+        "--no-progress",
+        "--preset",
+        "audioset-vitc-b",
+        "encoder=vitc_t",
+        'encoder_kwargs={"depth": 1}',
+        "batch_size=8",
+        "projector_hidden=64",
+        "projector_out=32",
+        "augment.mask_ratio=0.25",
+        "precision=fp32",
+        "log_every=1",
+    ]
+    assert pretrain.main(args) == 0
+    state = load_checkpoint(tmp_path / "vit" / "checkpoints" / "last.pt")
+    assert state["train_config"]["optimizer"] == "adamw" and state["step"] == 3
+    assert np.isfinite(losses(tmp_path / "vit")).all()
+    with pytest.raises(SystemExit, match="crop_frames=160"):
+        pretrain.main([*args[:3], str(tmp_path / "vit2"), *args[4:], "crop_frames=160"])

@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = BarlowTwinsLoss(lambd=cfg.lambd, alpha=cfg.alpha)
     mean, std = dataset.norm.mean, dataset.norm.std
     is_vit = hasattr(net.encoder, "num_patches")
+    if is_vit and cfg.crop_frames != dataset.frontend.window_frames:
+        raise SystemExit(
+            f"ViT encoders take {dataset.frontend.window_frames}-frame inputs (their positional grid), "
+            f"so crop_frames={cfg.crop_frames} cannot be used with {cfg.encoder}"
+        )
 
     ckpt_path = run_dir / "checkpoints" / LAST_NAME
     best_path = run_dir / "checkpoints" / BEST_NAME
