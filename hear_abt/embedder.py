@@ -125,43 +125,52 @@ class ABTEmbedder(nn.Module):
         n_ts = self.num_timestamps(n_samples)
         out = torch.empty(n_clips, n_ts, self.timestamp_embedding_size, device=audio.device)
         group = self._group_size(self.config.frontend.samples_to_frames(n_samples))
+        fill = self._faithful_windows if self.timestamp_mode == "faithful" else self._fast_windows
         for s in range(0, n_clips, group):
-            mel = self._centred_logmel(audio[s : s + group])  # (g, n_mels, frames)
-            windows = self._faithful_windows if self.timestamp_mode == "faithful" else self._fast_windows
-            out[s : s + group] = windows(mel, n_ts)
+            fill(self._centred_logmel(audio[s : s + group]), out[s : s + group])
         ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
         return out, ts
 
-    def _faithful_windows(self, mel: torch.Tensor, n_ts: int) -> torch.Tensor:
-        """(g, n_mels, frames) -> (g, n_ts, D), encoding ``window_batch`` windows at a time."""
+    def _faithful_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
+        """Encode every window of (g, n_mels, frames) into ``out`` (g, n_ts, D), ``window_batch`` at a time."""
+        n_clips, n_ts = out.shape[:2]
         windows = mel.unfold(-1, self.window_frames, self.hop_frames)  # view: (g, n_mels, n_ts, frames)
-        n_clips = mel.shape[0]
-        flat = torch.empty(n_clips * n_ts, self.timestamp_embedding_size, device=mel.device)
+        flat = out.view(n_clips * n_ts, -1)
         for i in range(0, n_clips * n_ts, self.window_batch):
             ids = torch.arange(i, min(i + self.window_batch, n_clips * n_ts), device=mel.device)
             flat[ids] = self._encode(windows[ids // n_ts, :, ids % n_ts])  # copies only this batch
-        return flat.view(n_clips, n_ts, -1)
 
-    def _fast_windows(self, mel: torch.Tensor, n_ts: int) -> torch.Tensor:
-        """(g, n_mels, frames) -> (g, n_ts, D): AudioNTT frame features once, pooled per window."""
+    def _fast_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
+        """AudioNTT frame features computed once per clip, mean+max pooled per window into ``out``.
+
+        Frames stream through in time chunks and each window is pooled as soon as its frames exist,
+        so memory holds one chunk of frame features, not the whole clip's.
+        """
         encoder: AudioNTT = self.encoder
         stride = encoder.TIME_STRIDE
         per_window = self.window_frames // stride
+        n_ts = out.shape[1]
         # A few silence frames on the right so that the last window's pooled span exists.
         mel = F.pad(mel, (0, stride), value=self._silence())
         x = self.normalize(mel).unsqueeze(1)
         chunk = max(stride, self._budget_frames // mel.shape[0] // stride * stride)
-        frames = encoder.frame_features_chunked(x, chunk)  # (g, frames // 4, D)
         # Window k spans frames [5k, 5k + 96): pool the 24 feature frames (4 frames each) nearest to it.
         starts = (torch.arange(n_ts, device=mel.device) * self.hop_frames + stride // 2) // stride
         offsets = torch.arange(per_window, device=mel.device)
-        out = torch.empty(mel.shape[0], n_ts, encoder.embed_dim, device=mel.device)
-        for i in range(0, n_ts, self.window_batch):
-            idx = starts[i : i + self.window_batch, None] + offsets  # (n, per_window)
-            out[:, i : i + self.window_batch] = (
-                encoder.pool(frames[:, idx].flatten(0, 1)).view(mel.shape[0], -1, encoder.embed_dim).float()
-            )
-        return out
+        buffer, buffer_start, k = None, 0, 0
+        for frames in encoder.iter_frame_features(x, chunk):
+            buffer = frames if buffer is None else torch.cat([buffer, frames], dim=1)
+            ready = int(torch.searchsorted(starts + per_window, buffer_start + buffer.shape[1], right=True))
+            for i in range(k, ready, self.window_batch):
+                j = min(i + self.window_batch, ready)
+                idx = starts[i:j, None] + offsets - buffer_start  # (n, per_window)
+                out[:, i:j] = encoder.pool(buffer[:, idx].flatten(0, 1)).view(out.shape[0], j - i, -1).float()
+            k = ready
+            if k < n_ts:  # frames before the next window's start are no longer needed
+                drop = int(starts[k]) - buffer_start
+                buffer, buffer_start = buffer[:, drop:], buffer_start + drop
+        if k != n_ts:
+            raise RuntimeError(f"fast mode pooled {k} of {n_ts} windows")
 
     # ---- scenes ----------------------------------------------------------------------------
 
@@ -185,8 +194,9 @@ class ABTEmbedder(nn.Module):
                 if n_frames < self.window_frames:
                     mel = F.pad(mel, (0, self.window_frames - n_frames), value=self._silence())
                 x = self.normalize(mel).unsqueeze(1)
-                frames = self.encoder.frame_features_chunked(x, max(4, self._budget_frames // g // 4 * 4))
-                out[s : s + g] = AudioNTT.pool(frames).float()
+                out[s : s + g] = self.encoder.pooled_chunked(
+                    x, max(4, self._budget_frames // g // 4 * 4)
+                ).float()
             else:
                 mel = F.pad(mel, (0, padded_frames - n_frames), value=self._silence())
                 chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)

@@ -220,3 +220,18 @@ def test_family_modules_check_the_encoder(ntt_dir, vit_dir, tmp_path):
     vitc_b_dir = make_checkpoint(tmp_path / "b", encoder="vitc_b", depth=1)
     model = hear_abt.vitc_b.load_model(vitc_b_dir)
     assert model.scene_embedding_size == 768
+
+
+def test_fast_mode_streaming_equals_pooling_whole_clip_frame_features(ntt_dir):
+    model = hear_abt.load_model(ntt_dir, timestamp_mode="fast", window_batch=2)  # many small chunks
+    clip = audio_batch(n=1, seconds=4.0)[0]
+    emb, _ = hear_abt.get_timestamp_embeddings(clip[None], model)
+    mel = F.pad(
+        model.frontend(F.pad(clip, (48 * 160, 48 * 160))[None]), (0, 4), value=model.frontend.silence_value()
+    )
+    with torch.no_grad():
+        frames = model.encoder.frame_features(((mel + 6.0) / 3.5)[:, None])[0]
+    for k in (0, 13, emb.shape[1] - 1):
+        start = (5 * k + 2) // 4  # feature frame nearest to the window's first mel frame
+        span = frames[start : start + 24]
+        torch.testing.assert_close(emb[0, k], span.mean(0) + span.amax(0), atol=1e-4, rtol=1e-4)

@@ -7,6 +7,8 @@ Two 3x3 conv/BN/ReLU/2x2-max-pool blocks turn a (1, 64, T) log-mel into 64 chann
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -51,28 +53,40 @@ class AudioNTT(nn.Module):
         h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
         return torch.cat([h, self.mlp(h)], dim=-1)
 
-    def frame_features_chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-        """Same result as :meth:`frame_features`, computed over time chunks to bound memory.
+    def iter_frame_features(self, x: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
+        """:meth:`frame_features` in consecutive pieces over time chunks, to bound memory.
 
         Each chunk carries enough context on both sides that its output frames equal those of a
         whole-clip pass exactly (the conv stack's receptive field is 4 frames back, 8 ahead).
         """
         stride = self.TIME_STRIDE
-        if chunk_frames % stride:
-            raise ValueError(f"chunk_frames must be a multiple of {stride}")
+        if chunk_frames % stride or chunk_frames <= 0:
+            raise ValueError(f"chunk_frames must be a positive multiple of {stride}")
         total = x.shape[-1]
         n_out = total // stride
         if total <= chunk_frames + self.CONTEXT_AFTER:
-            return self.frame_features(x)
-        outs = []
+            yield self.frame_features(x)
+            return
         for start in range(0, n_out * stride, chunk_frames):
             stop = min(start + chunk_frames, n_out * stride)
             lo = max(0, start - self.CONTEXT_BEFORE)
             hi = min(total, stop + self.CONTEXT_AFTER)
-            feats = self.frame_features(x[..., lo:hi])
             skip = (start - lo) // stride
-            outs.append(feats[:, skip : skip + (stop - start) // stride])
-        return torch.cat(outs, dim=1)
+            yield self.frame_features(x[..., lo:hi])[:, skip : skip + (stop - start) // stride]
+
+    def frame_features_chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """Same result as :meth:`frame_features`, computed in time chunks."""
+        return torch.cat(list(self.iter_frame_features(x, chunk_frames)), dim=1)
+
+    def pooled_chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """Same result as ``forward``, in time chunks, holding only running sums and maxima."""
+        total, peak, count = None, None, 0
+        for frames in self.iter_frame_features(x, chunk_frames):
+            chunk_sum, chunk_max = frames.sum(dim=1), frames.amax(dim=1)
+            total = chunk_sum if total is None else total + chunk_sum
+            peak = chunk_max if peak is None else torch.maximum(peak, chunk_max)
+            count += frames.shape[1]
+        return total / count + peak
 
     @staticmethod
     def pool(frames: torch.Tensor) -> torch.Tensor:
