@@ -1,0 +1,437 @@
+"""training.hear_eval: score collection, the results table, resume and the random-init baseline.
+
+heareval itself is not run here (a real run takes about a minute per (model, task) pair): the subprocess
+runner is replaced by a fake that writes what heareval writes, shaped as heareval 2021.1.3 writes it
+(``heareval/predictions/task_predictions.py``: ``task_predictions`` / ``aggregate_test_results``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hear_abt.config import ModelConfig, NormStats
+from hear_abt.embedder import ABTEmbedder
+from hear_abt.weights import WEIGHTS_ENV, load_checkpoint, save_pretrained
+from training import hear_eval
+from training.hear_eval import (
+    EvalError,
+    TaskScore,
+    collect_scores,
+    pct_vs_random,
+    primary_metric,
+    read_primary_score,
+    results_table,
+    write_outputs,
+)
+
+HPARAMS = {
+    "batch_size": 1024,
+    "hidden_dim": 64,
+    "lr": 0.0001,
+    "max_epochs": 10,
+    "optim": "<class 'torch.optim.adam.Adam'>",
+}
+
+
+def split_results(metrics: dict[str, float], loss: float = 2.0) -> dict:
+    """One test split's entry: trainer.test() logs + what task_predictions adds."""
+    first = next(iter(metrics))
+    out = {"test_loss": loss, "test_score": metrics[first]}
+    out.update({f"test_{k}": v for k, v in metrics.items()})
+    out.update({"validation_score": 0.5, "epoch": 3, "time_in_min": 0.05})
+    return out
+
+
+def scores_trainvaltest(metrics: dict[str, float], embedding_path: str = "/x") -> dict:
+    return {
+        "test": split_results(metrics),
+        "hparams": HPARAMS,
+        "postprocessing": [],
+        "score_mode": "max",
+        "embedding_path": embedding_path,
+    }
+
+
+def scores_kfold(per_fold: list[dict[str, float]], embedding_path: str = "/x") -> dict:
+    """k folds ``fold00``.. plus aggregated_scores: ``<key>_mean``/``<key>_std`` (pandas, ddof=1)."""
+    data = {f"fold{i:02d}": split_results(m) for i, m in enumerate(per_fold)}
+    agg = {}
+    for key in data["fold00"]:
+        values = [data[f][key] for f in data]
+        mean = sum(values) / len(values)
+        agg[f"{key}_mean"] = mean
+        agg[f"{key}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    data["aggregated_scores"] = agg
+    data.update(
+        {"hparams": HPARAMS, "postprocessing": [], "score_mode": "max", "embedding_path": embedding_path}
+    )
+    return data
+
+
+def write_task(folder: Path, evaluation: list[str], split_mode: str = "trainvaltest") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = ["train", "valid", "test"] if split_mode == "trainvaltest" else ["fold00", "fold01", "fold02"]
+    meta = {
+        "task_name": folder.name,
+        "embedding_type": "event" if any("fms" in e or "_er" in e for e in evaluation) else "scene",
+        "prediction_type": "multiclass",
+        "split_mode": split_mode,
+        "splits": splits,
+        "sample_duration": 1.0,
+        "evaluation": evaluation,
+    }
+    (folder / "task_metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+# ---- primary metric, score files ----------------------------------------------------------------
+
+
+def test_primary_metric_is_first_evaluation_entry(tmp_path):
+    assert primary_metric(write_task(tmp_path / "ev", ["event_onset_200ms_fms", "segment_1s_er"])) == (
+        "event_onset_200ms_fms"
+    )
+    assert primary_metric(write_task(tmp_path / "p", ["pitch_acc", "chroma_acc"])) == "pitch_acc"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "task_metadata.json").write_text(json.dumps({"evaluation": []}))
+    with pytest.raises(EvalError, match="evaluation"):
+        primary_metric(bad)
+    with pytest.raises(EvalError, match="missing"):
+        primary_metric(tmp_path / "nope")
+
+
+def test_read_trainvaltest_scores(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scores_trainvaltest({"pitch_acc": 0.25, "chroma_acc": 0.75}), indent=4))
+    s = read_primary_score(path, "pitch_acc")
+    assert (s.value, s.std, s.n_folds, s.lower_is_better) == (0.25, None, 1, False)
+    assert read_primary_score(path, "chroma_acc").value == 0.75
+    with pytest.raises(EvalError, match="test_top1_acc"):
+        read_primary_score(path, "top1_acc")
+
+
+def test_read_kfold_scores_use_the_mean_over_folds(tmp_path):
+    path = tmp_path / "s.json"
+    folds = [{"top1_acc": 0.5}, {"top1_acc": 0.6}, {"top1_acc": 0.7}]
+    path.write_text(json.dumps(scores_kfold(folds)))
+    s = read_primary_score(path, "top1_acc")
+    assert s.value == pytest.approx(0.6) and s.std == pytest.approx(0.1) and s.n_folds == 3
+
+
+def test_read_event_scores_pick_the_metric_not_its_subscores(tmp_path):
+    # Tuple-valued scores log test_<metric> (the first subscore) and test_<metric>_<subscore>.
+    metrics = {
+        "event_onset_200ms_fms": 0.4,
+        "event_onset_200ms_fms_f_measure": 0.4,
+        "event_onset_200ms_fms_precision": 0.9,
+        "event_onset_200ms_fms_recall": 0.1,
+        "segment_1s_er": 0.8,
+        "segment_1s_er_error_rate": 0.8,
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scores_trainvaltest(metrics)))
+    assert read_primary_score(path, "event_onset_200ms_fms").value == 0.4
+    er = read_primary_score(path, "segment_1s_er")
+    assert er.value == 0.8 and er.lower_is_better
+
+
+def test_collect_scores_reads_each_models_folder(tmp_path):
+    out = tmp_path / "out"
+    for model, acc in [("a", 0.5), ("b", 0.25)]:
+        d = write_task(hear_eval.embed_task_dir(out, model, "words"), ["top1_acc"])
+        (d / "test.predicted-scores.json").write_text(json.dumps(scores_trainvaltest({"top1_acc": acc})))
+        d = write_task(hear_eval.embed_task_dir(out, model, "kf"), ["mAP"], "new_split_kfold")
+        folds = [{"mAP": acc}, {"mAP": acc + 0.1}]
+        (d / "test.predicted-scores.json").write_text(json.dumps(scores_kfold(folds)))
+    write_task(hear_eval.embed_task_dir(out, "a", "unfinished"), ["top1_acc"])  # no scores yet
+    scores = collect_scores(out, ["a", "b"], ["words", "kf", "unfinished"])
+    assert scores["a"]["words"] == TaskScore("top1_acc", 0.5)
+    assert scores["b"]["kf"].value == pytest.approx(0.3) and scores["b"]["kf"].metric == "mAP"
+    assert "unfinished" not in scores["a"]
+
+
+def test_options_change_the_folder_as_heareval_does(tmp_path):
+    d = hear_eval.embed_task_dir(
+        tmp_path, "m", "t", "hear_abt", {"timestamp_mode": "fast", "window_batch": 8}
+    )
+    assert d == tmp_path / "embeddings" / "m" / "hear_abt-timestamp-mode=fast-window-batch=8" / "t"
+
+
+# ---- % vs random and the table -------------------------------------------------------------------
+
+
+def test_pct_vs_random_sign():
+    assert pct_vs_random(0.6, 0.4, False) == pytest.approx(50.0)
+    assert pct_vs_random(0.3, 0.4, False) == pytest.approx(-25.0)
+    # error rate: 0.5 vs random 0.8 is better: (0.5 - 0.8) / 0.8 = -37.5 %, reported as +37.5 %
+    assert pct_vs_random(0.5, 0.8, True) == pytest.approx(37.5)
+    assert pct_vs_random(1.0, 0.8, True) == pytest.approx(-25.0)
+    assert pct_vs_random(0.5, 0.0, False) is None
+
+
+def example_scores():
+    return {
+        "abt": {
+            "words": TaskScore("top1_acc", 0.6),
+            "pitch": TaskScore("pitch_acc", 0.3),
+            "events": TaskScore("segment_1s_er", 0.5),
+        },
+        "abt-random": {
+            "words": TaskScore("top1_acc", 0.4),
+            "pitch": TaskScore("pitch_acc", 0.2),
+            "events": TaskScore("segment_1s_er", 0.8),
+        },
+    }
+
+
+def test_results_table_numbers():
+    table = results_table(example_scores(), {"abt": "abt-random"}, ["words", "pitch", "events"])
+    assert table.pct["words"]["abt"] == pytest.approx(50.0)
+    assert table.pct["pitch"]["abt"] == pytest.approx(50.0)
+    assert table.pct["events"]["abt"] == pytest.approx(37.5)
+    # the average is over higher-is-better tasks only: (0.6 + 0.3) / 2 vs (0.4 + 0.2) / 2
+    assert table.average_tasks == ["words", "pitch"]
+    assert table.average["abt"] == pytest.approx(0.45) and table.average["abt-random"] == pytest.approx(0.3)
+    assert table.average_pct["abt"] == pytest.approx(50.0)
+    assert table.mean_pct["abt"] == pytest.approx((50 + 50 + 37.5) / 3)
+    md = table.to_markdown()
+    assert "abt: % vs random (+ = better)" in md.splitlines()[0]
+    assert "| events | segment_1s_er ↓ | 0.5000 | 0.8000 | +37.5% |" in md
+    assert "| words | top1_acc ↑ | 0.6000 | 0.4000 | +50.0% |" in md
+    assert "sign is flipped" in md
+
+
+def test_results_table_missing_scores_and_no_baseline():
+    scores = {"a": {"t1": TaskScore("top1_acc", 0.5)}, "b": {}}
+    table = results_table(scores, {}, ["t1"])
+    assert table.scores["t1"]["b"] is None and table.average_tasks == []
+    assert "| t1 | top1_acc ↑ | 0.5000 | - |" in table.to_markdown()
+
+
+def test_write_outputs(tmp_path):
+    table = results_table(example_scores(), {"abt": "abt-random"}, ["words", "pitch", "events"])
+    paths = write_outputs(tmp_path / "o", table)
+    assert paths["md"].read_text() == table.to_markdown()
+    rows = list(csv.reader(paths["csv"].open()))
+    assert rows[0] == [
+        "task",
+        "metric",
+        "higher_is_better",
+        "abt",
+        "abt-random",
+        "abt: % vs random (+ = better)",
+    ]
+    assert rows[3][:3] == ["events", "segment_1s_er", "false"]
+    assert float(rows[3][5]) == pytest.approx(37.5)
+    assert rows[4][0].startswith("average") and float(rows[4][3]) == pytest.approx(0.45)
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# ---- running (with a fake heareval) ---------------------------------------------------------------
+
+
+class FakeHeareval:
+    """Stands in for ``run_logged``: does what the two runners leave on disk."""
+
+    def __init__(self, accuracy: dict[str, float] | None = None, fail_tasks=()):
+        self.calls: list[tuple[str, str, dict]] = []  # (mode, task, env)
+        self.cmds: list[list[str]] = []
+        self.accuracy = accuracy or {}
+        self.fail_tasks = set(fail_tasks)
+
+    def __call__(self, cmd, log_file, env, cwd):
+        cmd = list(cmd)
+        self.cmds.append(cmd)
+        mode = cmd[2]
+        if mode == "embeddings":
+            opt = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
+            task = opt["--task"]
+            self.calls.append((mode, task, dict(env)))
+            log_file.open("a").write("embedding...\n")
+            d = Path(opt["--embeddings-dir"]) / cmd[3] / task
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "task_metadata.json").write_text(
+                (Path(opt["--tasks-dir"]) / task / "task_metadata.json").read_text()
+            )
+            (d / ".done.embeddings").touch()
+            return 0
+        d = Path(cmd[3])
+        self.calls.append((mode, d.name, dict(env)))
+        if d.name in self.fail_tasks:
+            log_file.open("a").write("Traceback ...\nValueError: boom from the probe\n")
+            return 1
+        model = d.parent.parent.name
+        acc = self.accuracy.get(model, 0.5)
+        (d / "test.predicted-scores.json").write_text(json.dumps(scores_trainvaltest({"top1_acc": acc})))
+        (d / "prediction-done.json").write_text("{}")
+        return 0
+
+
+TINY = ModelConfig(
+    encoder="audiontt", encoder_kwargs={"channels": 8, "mlp_dim": 64}, norm=NormStats(-5.0, 3.0)
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(7)
+    model = ABTEmbedder(TINY)
+    state = model.encoder.state_dict()
+    for k, v in state.items():  # "trained": BatchNorm stats away from their init
+        if k.endswith("running_mean"):
+            v.add_(0.5)
+    return save_pretrained(folder, TINY, state)
+
+
+@pytest.fixture()
+def tasks_dir(tmp_path):
+    tasks = tmp_path / "tasks"
+    write_task(tasks / "words", ["top1_acc"])
+    write_task(tasks / "voices", ["top1_acc"])
+    return tasks
+
+
+def test_resume_skips_cached_pairs(tmp_path, tasks_dir, tiny_model, monkeypatch, capsys):
+    fake = FakeHeareval({"abt": 0.6, "abt-random": 0.4})
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    out = tmp_path / "out"
+    argv = [
+        "--tasks-dir",
+        str(tasks_dir),
+        "--out",
+        str(out),
+        "--model",
+        f"abt={tiny_model}",
+        "--random-baseline",
+    ]
+    assert hear_eval.main(argv + ["--grid", "faster"]) == 0
+    assert len(fake.calls) == 8  # 2 models x 2 tasks x (embeddings + predictions)
+    text = capsys.readouterr().out
+    assert "| voices | top1_acc ↑ | 0.6000 | 0.4000 | +50.0% |" in text
+    assert (out / "results.png").is_file() and (out / "results.csv").is_file()
+    assert (out / "random-init" / "abt" / "model.safetensors").is_file()
+    emb_cmd = fake.cmds[0]
+    assert emb_cmd[1].endswith("scripts/heareval_compat.py") and emb_cmd[emb_cmd.index("--model") + 1] == str(
+        tiny_model
+    )
+    assert fake.cmds[1][-2:] == ["--grid", "faster"]
+
+    # Rerun: everything cached, nothing run.
+    fake.calls.clear()
+    assert hear_eval.main(argv + ["--grid", "faster"]) == 0
+    assert fake.calls == []
+    assert capsys.readouterr().out.count(": cached") == 4
+
+    # Scores gone but embeddings done: only the predictions runner runs (for that pair).
+    scores_file = hear_eval.embed_task_dir(out, "abt", "words") / "test.predicted-scores.json"
+    scores_file.unlink()
+    assert hear_eval.main(argv + ["--grid", "faster"]) == 0
+    assert [(m, t) for m, t, _ in fake.calls] == [("predictions", "words")]
+
+    # Another grid in the same folder is refused (the cached scores are of --grid faster).
+    assert hear_eval.main(argv + ["--grid", "default"]) == 2
+
+
+def test_failure_of_one_task_does_not_stop_the_others(tmp_path, tasks_dir, tiny_model, monkeypatch, capsys):
+    fake = FakeHeareval(fail_tasks={"voices"})
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    out = tmp_path / "out"
+    rc = hear_eval.main(["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", f"m={tiny_model}"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "m / voices: failed" in captured.out and "boom from the probe" in captured.out  # the log's tail
+    assert "m / words: ok" in captured.out
+    assert "| words | top1_acc ↑ | 0.5000 |" in captured.out
+    assert "m / voices" in captured.err
+
+
+def test_hub_id_goes_through_the_environment(tmp_path, tasks_dir, monkeypatch):
+    fake = FakeHeareval()
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    out = tmp_path / "out"
+    argv = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", "hub=org/abt@v1", "--tasks", "words"]
+    assert hear_eval.main(argv) == 0
+    emb_cmd = fake.cmds[0]
+    assert "--model" not in emb_cmd
+    assert all(env[WEIGHTS_ENV] == "org/abt@v1" for _, _, env in fake.calls)
+    # the embeddings of another NAME go to their own folder
+    assert emb_cmd[emb_cmd.index("--embeddings-dir") + 1] == str((out / "embeddings" / "hub").resolve())
+
+
+def test_bad_arguments(tmp_path, tasks_dir, tiny_model, monkeypatch):
+    monkeypatch.setattr(hear_eval, "run_logged", FakeHeareval())
+    base = ["--tasks-dir", str(tasks_dir), "--out", str(tmp_path / "o")]
+    assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--model", f"a={tiny_model}"]) == 2
+    assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--tasks", "nope"]) == 2
+    assert hear_eval.main(base + ["--model", "a=./not/there"]) == 2
+    with pytest.raises(EvalError, match="NAME=SOURCE"):
+        hear_eval.parse_model_arg("justapath")
+    with pytest.raises(EvalError, match="heareval_compat.py is missing"):
+        hear_eval.compat_script(tmp_path)
+
+
+# ---- the random-init baseline ---------------------------------------------------------------------
+
+
+def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
+    rng_before = torch.random.get_rng_state()
+    folder = hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=0)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # global RNG untouched
+    src, rnd = load_checkpoint(tiny_model), load_checkpoint(folder)
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "provenance"}  # noqa: E731
+    assert strip(rnd.config) == strip(src.config) and rnd.config.norm == NormStats(-5.0, 3.0)
+    assert rnd.config.provenance["random_init"] == {"seed": 0, "architecture_of": str(tiny_model)}
+    assert src.state_dict.keys() == rnd.state_dict.keys()
+    weights = [k for k in src.state_dict if k.endswith("weight") and src.state_dict[k].ndim > 1]
+    assert weights and all(not torch.equal(src.state_dict[k], rnd.state_dict[k]) for k in weights)
+    for k, v in rnd.state_dict.items():  # BatchNorm stats at their init
+        if k.endswith("running_mean"):
+            assert torch.all(v == 0)
+        if k.endswith("running_var"):
+            assert torch.all(v == 1)
+    # fixed seed: the same weights again; another seed: others
+    again = load_checkpoint(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand2", seed=0))
+    other = load_checkpoint(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand3", seed=1))
+    assert all(torch.equal(rnd.state_dict[k], again.state_dict[k]) for k in weights)
+    assert not torch.equal(rnd.state_dict[weights[0]], other.state_dict[weights[0]])
+
+
+# ---- one real run ----------------------------------------------------------------------------------
+
+
+def _have_real_tools() -> bool:
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("heareval") is not None and all(
+        shutil.which(p) for p in ("espeak-ng", "sox")
+    )
+
+
+@pytest.mark.skipif(not _have_real_tools(), reason="needs heareval, espeak-ng and sox")
+def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
+    """The real runners (through scripts/heareval_compat.py) on one tiny pair: about 20 s on 2 cores."""
+    from training import devsuite
+
+    devsuite.build_task(tmp_path / "tasks", "speech-words", small=True, seed=0, jobs=2)
+    torch.manual_seed(0)
+    model = save_pretrained(tmp_path / "tiny", TINY, ABTEmbedder(TINY).encoder.state_dict())
+    out = tmp_path / "out"
+    argv = ["--tasks-dir", str(tmp_path / "tasks"), "--out", str(out), "--model", f"tiny={model}"]
+    assert hear_eval.main(argv + ["--grid", "faster"]) == 0, capsys.readouterr()
+    score = collect_scores(out, ["tiny"], ["speech-words"])["tiny"]["speech-words"]
+    assert score.metric == "top1_acc" and 0.0 <= score.value <= 1.0
+    assert "heareval_compat" in hear_eval.log_path(out, "tiny", "speech-words").read_text()
+    capsys.readouterr()
+    assert hear_eval.main(argv + ["--grid", "faster"]) == 0
+    assert "tiny / speech-words: cached" in capsys.readouterr().out
