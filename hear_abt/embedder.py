@@ -16,6 +16,29 @@ from .frontend import LogMelFrontend, Normalize
 TIMESTAMP_MODES = ("faithful", "fast")
 
 
+def window_mean_max(frames: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
+    """Mean + max of ``frames[:, s : s + width]`` for every start ``s``: (B, T, D) -> (B, n, D).
+
+    Windows overlap heavily, so instead of gathering each one: means come from a float64 running
+    sum, maxima from maxima over power-of-two spans (log2(width) passes over the frames).
+    """
+    csum = F.pad(frames.double().cumsum(dim=1), (0, 0, 1, 0))
+    mean = ((csum[:, starts + width] - csum[:, starts]) / width).to(frames.dtype)
+    span_max = {1: frames}
+    size = 1
+    while size * 2 <= width:
+        prev = span_max[size]
+        span_max[size * 2] = torch.maximum(prev[:, :-size], prev[:, size:])
+        size *= 2
+    peak, offset = None, 0
+    for size in sorted(span_max, reverse=True):  # width as a sum of powers of two
+        if width - offset >= size:
+            part = span_max[size][:, starts + offset]
+            peak = part if peak is None else torch.maximum(peak, part)
+            offset += size
+    return mean + peak
+
+
 class ABTEmbedder(nn.Module):
     """An ABT encoder ready for inference, with the HEAR attributes.
 
@@ -156,15 +179,12 @@ class ABTEmbedder(nn.Module):
         chunk = max(stride, self._budget_frames // mel.shape[0] // stride * stride)
         # Window k spans frames [5k, 5k + 96): pool the 24 feature frames (4 frames each) nearest to it.
         starts = (torch.arange(n_ts, device=mel.device) * self.hop_frames + stride // 2) // stride
-        offsets = torch.arange(per_window, device=mel.device)
         buffer, buffer_start, k = None, 0, 0
         for frames in encoder.iter_frame_features(x, chunk):
             buffer = frames if buffer is None else torch.cat([buffer, frames], dim=1)
             ready = int(torch.searchsorted(starts + per_window, buffer_start + buffer.shape[1], right=True))
-            for i in range(k, ready, self.window_batch):
-                j = min(i + self.window_batch, ready)
-                idx = starts[i:j, None] + offsets - buffer_start  # (n, per_window)
-                out[:, i:j] = encoder.pool(buffer[:, idx].flatten(0, 1)).view(out.shape[0], j - i, -1).float()
+            if ready > k:
+                out[:, k:ready] = window_mean_max(buffer, starts[k:ready] - buffer_start, per_window)
             k = ready
             if k < n_ts:  # frames before the next window's start are no longer needed
                 drop = int(starts[k]) - buffer_start
