@@ -7,15 +7,13 @@ A checkpoint holds only tensors and plain containers (``torch.load(weights_only=
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hear_abt.weights import TRAINING_CHECKPOINT_FORMAT
+from hear_abt.weights import TRAINING_CHECKPOINT_FORMAT, atomic_open
 
 CHECKPOINT_VERSION = 1
 LAST_NAME = "last.pt"
@@ -23,20 +21,9 @@ BEST_NAME = "best.pt"  # best linear-probe score, when the probe monitor is on
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": TRAINING_CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically: a kill mid-write leaves the previous checkpoint intact."""
+    with atomic_open(path) as f:
+        torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
