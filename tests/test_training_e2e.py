@@ -207,3 +207,31 @@ def test_vit_preset_trains_with_adamw_and_view_masking(corpus, tmp_path):
     assert np.isfinite(losses(tmp_path / "vit")).all()
     with pytest.raises(SystemExit, match="crop_frames=160"):
         pretrain.main([*args[:3], str(tmp_path / "vit2"), *args[4:], "crop_frames=160"])
+
+
+def test_export_push_to_hub_uploads_the_exported_folder(corpus, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:  # the Hub's write API is not part of the local stand-in: record the calls
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload_folder", sorted(p.name for p in Path(folder_path).iterdir()), repo_id))
+            return type("CommitInfo", (), {"oid": "c0ffee"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    assert run(corpus, tmp_path / "run", steps=2) == 0
+    assert (
+        export.main(
+            [str(tmp_path / "run"), str(tmp_path / "model"), "--push-to-hub", "me/abt-tiny", "--private"]
+        )
+        == 0
+    )
+    assert calls[0] == ("create_repo", "me/abt-tiny", True, True)
+    assert calls[1][0] == "upload_folder" and calls[1][2] == "me/abt-tiny"
+    assert {"config.json", "model.safetensors", "README.md"} <= set(calls[1][1])
+    assert "me/abt-tiny@c0ffee" in capsys.readouterr().out
+    assert "load_model('me/abt-tiny')" in (tmp_path / "model" / "README.md").read_text()
