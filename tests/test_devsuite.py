@@ -58,7 +58,7 @@ def test_speech_task_layout_and_metadata(speech_task):
     assert (meta["embedding_type"], meta["prediction_type"]) == ("scene", "multiclass")
     assert meta["split_mode"] == "trainvaltest" and meta["splits"] == ["train", "valid", "test"]
     assert meta["sample_duration"] == 1.0 and meta["evaluation"] == ["top1_acc"]
-    assert _vocab(speech_task) == devsuite.WORDS
+    assert _vocab(speech_task) == devsuite.WORDS[: devsuite.SMALL_WORDS]
 
 
 def test_speech_task_labels_and_audio(speech_task):
@@ -80,12 +80,71 @@ def test_speech_task_labels_and_audio(speech_task):
     assert 50 <= total <= 80
 
 
-def test_speech_clips_are_speech_not_silence(speech_task):
-    name, _ = next(iter(json.loads((speech_task / "test.json").read_text()).items()))
-    x, _ = sf.read(str(speech_task / "16000" / "test" / name))
-    a, b = devsuite.active_span(x.astype(np.float32))
-    assert 0.15 < (b - a) / 16000 < 1.0
-    assert np.abs(x).max() > 0.2
+def _frame_rms(x, hop=160):
+    n = len(x) // hop
+    return np.sqrt(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1))
+
+
+def test_speech_clips_are_noisy_speech_at_a_random_gain(speech_task):
+    gen = json.loads((speech_task / "generation.json").read_text())
+    lo, hi = devsuite.SCENE_CONDITIONS["speech-words"]["snr_db"]
+    peaks = []
+    for split in ("train", "valid", "test"):
+        for clip in gen["clips"][split]:
+            assert lo <= clip["snr_db"] <= hi and devsuite.GAIN_DB[0] <= clip["gain_db"] <= 0
+            assert sum(clip["noise"].values()) == pytest.approx(1.0, abs=0.01)
+        for clip in gen["clips"][split][:10]:
+            x, _ = sf.read(str(speech_task / "16000" / split / clip["filename"]), dtype="float32")
+            peak = float(np.abs(x).max())
+            # peak 0.9 at 0 dB gain (within 16-bit rounding)
+            assert peak == pytest.approx(0.9 * 10 ** (clip["gain_db"] / 20), rel=0.01)
+            rms = _frame_rms(x)
+            assert rms.min() > 1e-3 * peak  # a noise floor everywhere, no digital silence
+            assert rms.max() > 2 * np.median(rms)  # and a word above it
+            peaks.append(peak)
+    assert max(peaks) / min(peaks) > 3  # gains really vary
+
+
+def test_speech_clip_is_the_clean_word_plus_noise_at_the_snr(speech_task):
+    gen = json.loads((speech_task / "generation.json").read_text())
+    clip = next(c for c in gen["clips"]["test"] if c["distractor"] is None)
+    clean = devsuite._speech_clip(clip, 1.0)  # the same word at the same offset, before mixing
+    y, _ = sf.read(str(speech_task / "16000" / "test" / clip["filename"]), dtype="float32")
+    scale = float(np.dot(y, clean) / np.dot(clean, clean))
+    residual = y - scale * clean
+    assert not np.allclose(y, scale * clean, atol=1e-3)
+    snr = 10 * np.log10(devsuite.active_power(scale * clean) / np.mean(residual**2))
+    assert snr == pytest.approx(clip["snr_db"], abs=1.0)
+
+
+def test_scene_mix_levels_and_determinism():
+    x = devsuite.place(devsuite.tone(440, 0.4), 16000, 4000)
+    d = devsuite.place(devsuite.tone(660, 0.3), 16000, 8000)
+    cond = {"snr_db": 10.0, "gain_db": -6.0, "noise": {"white": 0.2, "pink": 0.3, "brown": 0.5}}
+
+    def mix(seed, **kw):
+        return devsuite.scene_mix(x, cond, np.random.default_rng(seed), **kw)
+
+    a = mix(5)
+    assert np.array_equal(a, mix(5)) and not np.array_equal(a, mix(6))
+    assert np.abs(a).max() == pytest.approx(0.9 * 10 ** (-6 / 20), rel=1e-4)
+    # the noise before the tone is 10 dB below the tone's power
+    pre = np.mean(a[:3000] ** 2)
+    tone_power = devsuite.active_power(a[4000:10400])
+    assert 10 * np.log10(tone_power / pre) == pytest.approx(10.0, abs=1.5)
+    with_d = mix(5, distractor=d, distractor_db=-10.0)
+    assert not np.array_equal(with_d, a)
+
+    white = devsuite.coloured_noise(16000, {"white": 1.0}, np.random.default_rng(0))
+    brown = devsuite.coloured_noise(16000, {"brown": 1.0}, np.random.default_rng(0))
+    for n in (white, brown):
+        assert np.sqrt(np.mean(n**2)) == pytest.approx(1.0, rel=1e-3)
+
+    def low_share(n):  # power below 500 Hz
+        p = np.abs(np.fft.rfft(n)) ** 2
+        return p[:500].sum() / p.sum()
+
+    assert low_share(white) < 0.1 < 0.9 < low_share(brown)
 
 
 def test_speech_splits_hold_out_voices(speech_task):
@@ -102,6 +161,64 @@ def test_build_is_idempotent(speech_task):
     again = devsuite.build_task(speech_task.parent, "speech-words", small=True, seed=0, jobs=1)
     assert again == speech_task
     assert (speech_task / "task_metadata.json").stat().st_mtime_ns == stamp
+
+
+def test_class_lists():
+    assert len(devsuite.WORDS) == len(set(devsuite.WORDS)) == 20 and devsuite.SMALL_WORDS == 10
+    assert 12 <= len(devsuite.INSTRUMENTS) <= 16
+    assert len(set(devsuite.INSTRUMENTS.values())) == len(devsuite.INSTRUMENTS)
+    for confusable in (("violin", "viola", "cello"), ("trumpet", "trombone"), ("flute", "piccolo")):
+        assert set(confusable) <= set(devsuite.INSTRUMENTS)
+    assert devsuite.design_speech_words(0, False)["labels"] == devsuite.WORDS
+    assert devsuite.design_instrument(0, False)["labels"] == list(devsuite.INSTRUMENTS)
+
+
+def test_distractors_keep_the_splits_held_out():
+    speech = devsuite.design_speech_words(0, False)
+    voices = {s: {c["voice"] for c in speech["clips"][s]} for s in ("train", "valid", "test")}
+    n = 0
+    for split, clips in speech["clips"].items():
+        for c in clips:
+            d = c["distractor"]
+            if d:
+                n += 1
+                assert d["voice"] in voices[split] and d["voice"] != c["voice"] and d["word"] != c["word"]
+                assert d["level_db"] < 0
+    assert 0.2 < n / sum(len(c) for c in speech["clips"].values()) < 0.6
+
+    inst = devsuite.design_instrument(0, False)
+    pitches = {s: {c["pitch"] for c in inst["clips"][s]} for s in ("train", "valid", "test")}
+    n = 0
+    for split, clips in inst["clips"].items():
+        for c in clips:
+            assert 0 <= c["offset"] and c["offset"] + c["hold"] < 1.0
+            d = c["distractor"]
+            if d:
+                n += 1
+                assert d["pitch"] in pitches[split] and d["label"] != c["label"] and d["level_db"] < 0
+    assert n > 0
+    pitch = devsuite.design_pitch(0, False)
+    assert all(c["distractor"] is None for cs in pitch["clips"].values() for c in cs)
+
+
+def test_note_clips_are_deterministic_and_noisy(tmp_path):
+    design = devsuite.design_instrument(0, True)
+    jobs = [c for c in design["clips"]["test"] if c["distractor"]][:1]
+    jobs += [c for c in design["clips"]["test"] if not c["distractor"]][:1]
+    a = devsuite._work_notes(jobs, str(tmp_path / "a"), 1.0, devsuite.DEFAULT_SOUNDFONT)
+    b = devsuite._work_notes(jobs, str(tmp_path / "b"), 1.0, devsuite.DEFAULT_SOUNDFONT)
+    assert a == {j["filename"]: [j["label"]] for j in jobs} == b
+    for j in jobs:
+        x, _ = sf.read(str(tmp_path / "a" / j["filename"]), dtype="float32")
+        y, _ = sf.read(str(tmp_path / "b" / j["filename"]), dtype="float32")
+        assert np.array_equal(x, y)
+        rms = _frame_rms(x)
+        assert rms.min() > 1e-3 * np.abs(x).max()  # a noise floor everywhere
+    # the note starts at its offset: before it, only noise (at least 5 dB below the note)
+    j = jobs[1]
+    x, _ = sf.read(str(tmp_path / "a" / j["filename"]), dtype="float32")
+    k = int(j["offset"] * 16000)
+    assert k > 1600 and np.mean(x[k : k + 3200] ** 2) > 2 * np.mean(x[: k - 160] ** 2)
 
 
 def test_designs_are_deterministic_and_hold_out():

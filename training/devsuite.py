@@ -17,21 +17,37 @@ as a task.
 
 Tasks (full / ``--small`` sizes):
 
-* ``speech-words``: 10 spoken command words (espeak-ng), 30 / 6 speakers (an accent + voice variant + base
-  pitch and speed); splits hold out speakers, so valid and test voices are unseen. Scene, multiclass,
+* ``speech-words``: 20 English words (espeak-ng; 10 with --small: yes no up down left right on off stop go,
+  then bed bird cat dog four five nine tree house wow), 30 / 6 speakers (an accent + voice variant + base
+  pitch and speed); splits hold out speakers, so valid and test voices are unseen. 600 / 60 clips. Scene,
+  multiclass, ``top1_acc``; 1.0 s clips.
+* ``instrument``: 15 General MIDI instruments (fluidsynth + FluidR3 GM) with confusable families (piano;
+  vibraphone/marimba; organ; nylon/steel guitar; violin/viola/cello; trumpet/trombone; oboe/clarinet;
+  piccolo/flute), 36 / 6 pitches each; splits hold out pitches. 540 / 90 clips. Scene, multiclass,
   ``top1_acc``; 1.0 s clips.
-* ``instrument``: 8 General MIDI instruments (fluidsynth + FluidR3 GM), 36 / 6 pitches each; splits hold
-  out pitches. Scene, multiclass, ``top1_acc``; 1.0 s clips.
 * ``pitch``: MIDI pitch of one note, 24 classes C3..B4 (12 C4..B4 with --small) from 12 / 4 instruments;
-  splits hold out instruments. Scene, multiclass, ``pitch_acc`` and ``chroma_acc``; 1.0 s clips.
+  splits hold out instruments. 288 / 48 clips. Scene, multiclass, ``pitch_acc`` and ``chroma_acc``; 1.0 s
+  clips.
 * ``events``: 5.0 s clips over low noise with 1-3 non-overlapping events (the words yes/no/stop by split
   speakers, and piano/trumpet/marimba notes), labels with onset/offset in ms; 120 / 12 clips. Event,
   multilabel, ``event_onset_200ms_fms`` and ``segment_1s_er``.
 
-Measured on the 2-core dev machine (full suite): generation about 35 s; with a stand-in HEAR model
-(64-d features every 10 ms), heareval embeddings for all tasks 21 s and ``--grid faster`` predictions
-15-21 s per scene task but about 8 min for ``events`` (sed_eval on every frame; fewer frames per second
-of audio make it faster). ``--small``: generation about 8 s.
+Recording conditions of the scene tasks (since version 3; ``SCENE_CONDITIONS``, drawn per clip in the
+design and recorded in generation.json, applied by ``scene_mix``): the sound at a random offset (words
+anywhere in the clip; notes start at 0-0.3 s and are held 0.3-0.7 s), background noise at a random SNR
+relative to the sound's active part (speech 0-15 dB, notes 5-20 dB) from a random mix of white, pink and
+brown noise, for about 40 % of speech-words and instrument clips a competing sound 5-15 dB below it
+(another word by another speaker of the same split; a note of another instrument at a pitch of the same
+split, so held-out speakers and pitches stay held out), then a random gain (-20..0 dB, peak 0.9 at 0 dB).
+Why: without them a randomly initialised encoder with a linear probe scored 1.0 on speech-words and
+0.94-1.0 on instrument, so the suite could not tell pre-training from none; with them (random AudioNTT,
+channels 32, ``training.probe.LinearProbe``, valid split) it scores about 0.5 on speech-words, 0.4-0.5 on
+instrument and 0.5 on pitch.
+
+Measured on the 2-core dev machine (full suite, version 3): generation about 80 s; with a stand-in HEAR
+model (64-d features every 10 ms, version 1 sizes), heareval embeddings for all tasks 21 s and ``--grid
+faster`` predictions 15-21 s per scene task but about 8 min for ``events`` (sed_eval on every frame; fewer
+frames per second of audio make it faster). ``--small``: generation about 11 s.
 
 Every random choice comes from ``--seed`` (per-clip seeds), so a build is reproducible. Generation runs in
 a process pool (``--jobs``, default: CPU count); the synthesisers are separate programs.
@@ -64,7 +80,7 @@ import soundfile as sf
 
 SR = 16000
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
-SUITE_VERSION = "1"
+SUITE_VERSION = "3"  # 3: recording conditions and more classes (builds marked "2" exist: skip it)
 TASKS = ("speech-words", "instrument", "pitch", "events")
 SPLITS = ("train", "valid", "test")
 NOTES_PER_RENDER = 12
@@ -283,7 +299,29 @@ def normalise(x: np.ndarray, peak: float) -> np.ndarray:
 # Task design: all decisions in the main process, from the seed
 # --------------------------------------------------------------------------------------------------------
 
-WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+WORDS = [  # the first 10 (the --small task) are the old command words; the rest add confusable pairs
+    "yes",
+    "no",
+    "up",
+    "down",
+    "left",
+    "right",
+    "on",
+    "off",
+    "stop",
+    "go",
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "four",
+    "five",
+    "nine",
+    "tree",
+    "house",
+    "wow",
+]
+SMALL_WORDS = 10
 ACCENTS = [
     "en-us",
     "en-gb",
@@ -312,14 +350,21 @@ VARIANTS = [
     "klatt3",
     "croak",
 ]
-INSTRUMENTS = {  # label -> GM program (0-based)
+INSTRUMENTS = {  # label -> GM program (0-based); families with confusable members
     "piano": 0,
     "vibraphone": 11,
+    "marimba": 12,
     "organ": 19,
     "nylon-guitar": 24,
+    "steel-guitar": 25,
     "violin": 40,
+    "viola": 41,
+    "cello": 42,
     "trumpet": 56,
+    "trombone": 57,
+    "oboe": 68,
     "clarinet": 71,
+    "piccolo": 72,
     "flute": 73,
 }
 PITCH_PROGRAMS = [
@@ -338,6 +383,19 @@ PITCH_PROGRAMS = [
 ]  # piano, e-piano, harpsichord, vibes, organ, ...
 EVENT_WORDS = ["yes", "no", "stop"]
 EVENT_NOTES = {"piano": 0, "trumpet": 56, "marimba": 12}
+
+# Recording conditions of the scene tasks, drawn per clip in the design (so generation.json records them)
+# and applied by ``scene_mix``: background noise at an SNR (relative to the sound's active part), a
+# competing sound at a lower level for some clips, then an overall gain (peak 0.9 at 0 dB).
+SCENE_CONDITIONS = {
+    "speech-words": {"snr_db": (0.0, 15.0), "distractor_p": 0.4, "distractor_db": (-15.0, -5.0)},
+    "instrument": {"snr_db": (5.0, 20.0), "distractor_p": 0.4, "distractor_db": (-15.0, -5.0)},
+    "pitch": {"snr_db": (5.0, 20.0), "distractor_p": 0.0, "distractor_db": (0.0, 0.0)},
+}
+GAIN_DB = (-20.0, 0.0)
+NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
+NOTE_OFFSET_S = (0.0, 0.3)  # note onset inside a 1 s scene clip
+NOTE_HOLD_S = (0.3, 0.7)  # key held for this long (the release follows)
 
 
 def _seed_for(seed: int, *parts) -> int:
@@ -375,29 +433,67 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", s)
 
 
+def _conditions(rng: np.random.Generator, task: str) -> dict:
+    """Per-clip recording conditions: SNR, gain, noise colour mix (power shares)."""
+    c = SCENE_CONDITIONS[task]
+    shares = rng.dirichlet(np.ones(len(NOISE_COLOURS)))
+    return {
+        "snr_db": round(float(rng.uniform(*c["snr_db"])), 2),
+        "gain_db": round(float(rng.uniform(*GAIN_DB)), 2),
+        "noise": {k: round(float(v), 3) for k, v in zip(NOISE_COLOURS, shares)},
+    }
+
+
+def _wants_distractor(rng: np.random.Generator, task: str) -> float | None:
+    """The distractor level (dB relative to the sound), or None for no distractor."""
+    c = SCENE_CONDITIONS[task]
+    if rng.random() >= c["distractor_p"]:
+        return None
+    return round(float(rng.uniform(*c["distractor_db"])), 2)
+
+
+def _note_timing(rng: np.random.Generator) -> dict:
+    return {
+        "offset": round(float(rng.uniform(*NOTE_OFFSET_S)), 3),
+        "hold": round(float(rng.uniform(*NOTE_HOLD_S)), 3),
+    }
+
+
 def design_speech_words(seed: int, small: bool) -> dict:
     rng = np.random.default_rng(_seed_for(seed, "speech-words"))
     spk = speakers(6 if small else 30, rng)
     by_split = _split_items(spk, rng)
+    words = WORDS[:SMALL_WORDS] if small else WORDS
     clips = {}
     for split in SPLITS:
         jobs = []
         for s in by_split[split]:
-            for w in WORDS:
+            for w in words:
                 i = len(jobs)
-                jobs.append(
-                    {
-                        "kind": "speech",
-                        "filename": f"{i:04d}-{w}-{_safe(s['voice'])}.wav",
-                        "label": w,
-                        "word": w,
-                        **s,
-                        "seed": _seed_for(seed, "speech-words", split, i),
+                job = {
+                    "kind": "speech",
+                    "filename": f"{i:04d}-{w}-{_safe(s['voice'])}.wav",
+                    "label": w,
+                    "word": w,
+                    **s,
+                    "seed": _seed_for(seed, "speech-words", split, i),
+                    **_conditions(rng, "speech-words"),
+                    "distractor": None,
+                }
+                # another word by another speaker of the same split (held-out voices stay held out)
+                others = [o for o in by_split[split] if o["voice"] != s["voice"]]
+                level = _wants_distractor(rng, "speech-words")
+                if others and level is not None:
+                    other_words = [x for x in words if x != w]
+                    job["distractor"] = {
+                        "word": other_words[int(rng.integers(len(other_words)))],
+                        **others[int(rng.integers(len(others)))],
+                        "level_db": level,
                     }
-                )
+                jobs.append(job)
         clips[split] = jobs
     return {
-        "labels": WORDS,
+        "labels": list(words),
         "clips": clips,
         "embedding_type": "scene",
         "prediction_type": "multiclass",
@@ -427,11 +523,33 @@ def design_instrument(seed: int, small: bool) -> dict:
     by_split = _split_items(pitches, rng)
     clips = {}
     for split in SPLITS:
-        notes = [
-            {"label": lab, "program": prog, "pitch": k, "velocity": int(rng.integers(60, 121))}
-            for lab, prog in INSTRUMENTS.items()
-            for k in sorted(by_split[split])
-        ]
+        split_pitches = sorted(by_split[split])
+        notes = []
+        for lab, prog in INSTRUMENTS.items():
+            for k in split_pitches:
+                note = {
+                    "label": lab,
+                    "program": prog,
+                    "pitch": k,
+                    "velocity": int(rng.integers(60, 121)),
+                    **_note_timing(rng),
+                    **_conditions(rng, "instrument"),
+                    "distractor": None,
+                }
+                # a note of another instrument, at a pitch of the same split (held-out pitches stay so)
+                level = _wants_distractor(rng, "instrument")
+                if level is not None:
+                    others = [x for x in INSTRUMENTS if x != lab]
+                    other = others[int(rng.integers(len(others)))]
+                    note["distractor"] = {
+                        "label": other,
+                        "program": INSTRUMENTS[other],
+                        "pitch": split_pitches[int(rng.integers(len(split_pitches)))],
+                        "velocity": int(rng.integers(60, 121)),
+                        **_note_timing(rng),
+                        "level_db": level,
+                    }
+                notes.append(note)
         clips[split] = _note_jobs("instrument", seed, split, notes)
     return {
         "labels": list(INSTRUMENTS),
@@ -452,7 +570,15 @@ def design_pitch(seed: int, small: bool) -> dict:
     clips = {}
     for split in SPLITS:
         notes = [
-            {"label": str(k), "program": prog, "pitch": k, "velocity": int(rng.integers(60, 121))}
+            {
+                "label": str(k),
+                "program": prog,
+                "pitch": k,
+                "velocity": int(rng.integers(60, 121)),
+                **_note_timing(rng),
+                **_conditions(rng, "pitch"),
+                "distractor": None,
+            }
             for prog in by_split[split]
             for k in pitches
         ]
@@ -542,23 +668,77 @@ def _speech_clip(job: dict, duration: float) -> np.ndarray:
 
 
 def _finish(x: np.ndarray, rng: np.random.Generator, floor: float = 3e-4) -> np.ndarray:
+    """Peak 0.3-0.9 plus a faint white floor (the version 1 scene finish; ``training.corpus`` uses it)."""
     x = normalise(x, float(rng.uniform(0.3, 0.9)))
     return (x + floor * rng.standard_normal(len(x)).astype(np.float32)).astype(np.float32)
 
 
+def coloured_noise(n: int, shares: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of unit-RMS noise: a mix of ``NOISE_COLOURS`` with the given power ``shares``."""
+    f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 20.0)  # flat below 20 Hz: no DC drift in brown noise
+    out = np.zeros(n)
+    for colour, share in shares.items():
+        if share <= 0:
+            continue
+        spec = np.fft.rfft(rng.standard_normal(n)) * f ** (-NOISE_COLOURS[colour] / 2)
+        x = np.fft.irfft(spec, n)
+        out += np.sqrt(share) * x / (np.sqrt(np.mean(x**2)) + 1e-12)
+    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+
+
+def active_power(x: np.ndarray) -> float:
+    """Mean power of ``x`` over its active span (``active_span``): the level SNRs refer to."""
+    a, b = active_span(x)
+    return float(np.mean(np.asarray(x[a:b], dtype=np.float64) ** 2)) + 1e-20
+
+
+def scene_mix(
+    x: np.ndarray,
+    conditions: dict,
+    rng: np.random.Generator,
+    distractor: np.ndarray | None = None,
+    distractor_db: float = -10.0,
+) -> np.ndarray:
+    """``x`` under ``conditions`` (``snr_db``, ``gain_db``, ``noise`` colour shares, from ``_conditions``):
+    plus ``distractor`` at ``distractor_db`` and noise at ``snr_db``, both relative to the active power of
+    ``x``; then scaled to a peak of 0.9 * 10**(gain_db / 20)."""
+    p = active_power(x)
+    out = np.asarray(x, dtype=np.float64).copy()
+    if distractor is not None:
+        out += distractor * np.sqrt(p * 10 ** (distractor_db / 10) / active_power(distractor))
+    out += coloured_noise(len(x), conditions["noise"], rng) * np.sqrt(p / 10 ** (conditions["snr_db"] / 10))
+    return normalise(out.astype(np.float32), 0.9 * 10 ** (conditions["gain_db"] / 20))
+
+
 def _work_speech(job: dict, out_dir: str, duration: float) -> dict:
+    x = _speech_clip(job, duration)
+    d = job.get("distractor")
+    other = _speech_clip({**d, "seed": job["seed"] + 2}, duration) if d else None
     rng = np.random.default_rng(job["seed"] + 1)
-    x = _finish(_speech_clip(job, duration), rng)
+    x = scene_mix(x, job, rng, other, d["level_db"] if d else 0.0)
     write_wav(Path(out_dir, job["filename"]), x)
     return {job["filename"]: [job["label"]]}
 
 
 def _work_notes(jobs: list[dict], out_dir: str, duration: float, soundfont: str) -> dict:
-    xs = fluidsynth_notes([(j["program"], j["pitch"], j["velocity"]) for j in jobs], duration, soundfont)
+    """One fluidsynth run for the notes of ``jobs`` and then their distractors; each note is placed at its
+    ``offset`` and mixed with ``scene_mix``."""
+    notes = jobs + [j["distractor"] for j in jobs if j.get("distractor")]
+    xs = fluidsynth_notes(
+        [(j["program"], j["pitch"], j["velocity"]) for j in notes],
+        duration,
+        soundfont,
+        hold=[j["hold"] / duration for j in notes],
+    )
+    n = int(round(duration * SR))
+    placed = [place(x, n, int(round(j["offset"] * SR))) for j, x in zip(notes, xs)]
+    others = iter(placed[len(jobs) :])
     out = {}
-    for job, x in zip(jobs, xs):
+    for job, x in zip(jobs, placed):
+        d = job.get("distractor")
         rng = np.random.default_rng(job["seed"])
-        write_wav(Path(out_dir, job["filename"]), _finish(x, rng))
+        x = scene_mix(x, job, rng, next(others) if d else None, d["level_db"] if d else 0.0)
+        write_wav(Path(out_dir, job["filename"]), x)
         out[job["filename"]] = [job["label"]]
     return out
 
