@@ -235,3 +235,42 @@ def test_export_push_to_hub_uploads_the_exported_folder(corpus, tmp_path, monkey
     assert {"config.json", "model.safetensors", "README.md"} <= set(calls[1][1])
     assert "me/abt-tiny@c0ffee" in capsys.readouterr().out
     assert "load_model('me/abt-tiny')" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_torchrun_two_cpu_processes_train_checkpoint_and_resume(corpus, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "training.pretrain",
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(run_dir),
+        "--max-steps",
+        "4",
+        "--no-progress",
+        *TRAIN,
+        "checkpoint_every=2",
+    ]
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["sampler"]) == 2  # one data position per rank
+    assert state["sampler"][0] != state["sampler"][1]
+    assert all(torch.isfinite(t).all() for t in state["encoder"].values())
+    # Every rank restores its own state from the one checkpoint.
+    resume = subprocess.run(
+        cmd[:7] + ["--run-dir", str(run_dir), "--resume", "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resume.returncode == 0, resume.stderr[-3000:]

@@ -182,8 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     model = BarlowTwinsModel(cfg, dataset.frontend).to(device)
     if world_size > 1:
-        # Global batch statistics in every BatchNorm, as in the single-process run.
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            # Global batch statistics in every BatchNorm, as in the single-process run.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif is_main:
+            print(
+                "note: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorms use local statistics",
+                file=sys.stderr,
+            )
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
