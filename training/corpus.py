@@ -61,6 +61,7 @@ from .devsuite import (
     place,
     read_wav,
     render_midi,
+    split_slots,
 )
 
 SR = 16000
@@ -454,15 +455,9 @@ def render_chunk_parts(parts: list[dict], soundfont: str) -> list[np.ndarray]:
         for j, p in enumerate(parts)
         for start, dur, pitch, vel in p["notes"]
     ]
-    x = render_midi(midi_bytes(notes), soundfont, SR)
-    out = []
-    for j in range(len(parts)):
-        a = int(round(j * SLOT_SECONDS * SR))
-        seg = np.zeros(CLIP_SAMPLES, np.float32)
-        piece = x[a : a + CLIP_SAMPLES]
-        seg[: len(piece)] = piece
-        out.append(fade(seg))
-    return out
+    return split_slots(
+        render_midi(midi_bytes(notes), soundfont, SR), len(parts), SLOT_SECONDS, CLIP_SECONDS, SR
+    )
 
 
 def _component(d: dict, rendered: list[np.ndarray], tmp: str) -> np.ndarray:

@@ -221,10 +221,15 @@ def fluidsynth_notes(
     midi = midi_bytes(
         [(i * slot, h * seconds, p, k, v) for i, ((p, k, v), h) in enumerate(zip(notes, holds))]
     )
-    x = render_midi(midi, soundfont, rate)
+    return split_slots(render_midi(midi, soundfont, rate), len(notes), slot, seconds, rate)
+
+
+def split_slots(x: np.ndarray, count: int, slot: float, seconds: float, rate: int = SR) -> list[np.ndarray]:
+    """Cut ``count`` pieces of exactly ``seconds`` from a rendering that holds one every ``slot`` s
+    (zero-padded at the end if the rendering stops early), each with a short fade-out."""
     n = int(round(seconds * rate))
     out = []
-    for i in range(len(notes)):
+    for i in range(count):
         a = int(round(i * slot * rate))
         seg = np.zeros(n, np.float32)
         piece = x[a : a + n]
