@@ -12,7 +12,7 @@ from typing import Any
 from .embedder import ABTEmbedder
 from .hear_api import AudioInputError, get_scene_embeddings, get_timestamp_embeddings
 from .hear_api import load_model as _load_model
-from .weights import WeightsError, default_weights_source
+from .weights import WeightsError
 
 __version__ = "0.1.0"
 __all__ = [
@@ -30,4 +30,4 @@ def load_model(model_file_path: str | os.PathLike = "", **kwargs: Any) -> ABTEmb
 
     Options: ``timestamp_mode`` ("faithful" or "fast"), ``window_batch`` (windows per forward pass).
     """
-    return _load_model(model_file_path or default_weights_source("audiontt"), family=None, **kwargs)
+    return _load_model(model_file_path, family=None, **kwargs)

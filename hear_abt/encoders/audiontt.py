@@ -74,10 +74,6 @@ class AudioNTT(nn.Module):
             skip = (start - lo) // stride
             yield self.frame_features(x[..., lo:hi])[:, skip : skip + (stop - start) // stride]
 
-    def frame_features_chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-        """Same result as :meth:`frame_features`, computed in time chunks."""
-        return torch.cat(list(self.iter_frame_features(x, chunk_frames)), dim=1)
-
     def pooled_chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
         """Same result as ``forward``, in time chunks, holding only running sums and maxima."""
         total, peak, count = None, None, 0
