@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from hear_abt.config import SAMPLE_RATE
 from training.data import CropSampler, ShardDataset
 from training.prepare import prepare
 
@@ -29,10 +30,10 @@ def _make_corpus(folder: Path, clips: int, max_seconds: float) -> None:
         path = folder / f"clip_{i:05d}.wav"
         if path.exists():
             continue
-        n = int(16_000 * rng.uniform(1.0, max_seconds))
-        t = np.arange(n) / 16_000
+        n = int(SAMPLE_RATE * rng.uniform(1.0, max_seconds))
+        t = np.arange(n) / SAMPLE_RATE
         wav = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) + 0.05 * rng.standard_normal(n)
-        sf.write(path, wav.astype(np.float32), 16_000)
+        sf.write(path, wav.astype(np.float32), SAMPLE_RATE)
 
 
 def _rate(make_batches, batch_size: int, n_batches: int) -> float:

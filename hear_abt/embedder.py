@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TIMESTAMP_HOP_MS, TIMESTAMP_WINDOW_MS, ModelConfig
-from .encoders import AudioNTT, create_encoder_for
+from .encoders import create_encoder_for
 from .frontend import LogMelFrontend, Normalize
 
 TIMESTAMP_MODES = ("faithful", "fast")
@@ -64,9 +64,10 @@ class ABTEmbedder(nn.Module):
         self.normalize = Normalize(config.norm)
         fe = config.frontend
         self.encoder = create_encoder_for(config.encoder, config.encoder_kwargs, fe.n_mels, fe.window_frames)
-        if timestamp_mode == "fast" and not isinstance(self.encoder, AudioNTT):
+        if timestamp_mode == "fast" and not self.encoder.frame_features_supported:
             raise ValueError(
-                f"timestamp_mode='fast' needs an AudioNTT encoder; {config.encoder!r} has only 'faithful'"
+                f"timestamp_mode='fast' needs an encoder with frame features (AudioNTT); "
+                f"{config.encoder!r} has only 'faithful'"
             )
         self.timestamp_mode = timestamp_mode
         self.window_batch = window_batch
@@ -103,9 +104,6 @@ class ABTEmbedder(nn.Module):
             segment = padded[:, f0 * fe.hop_length : (f1 - 1) * fe.hop_length + fe.n_fft]
             out.append(self.frontend(segment, center=False))
         return torch.cat(out, dim=-1)
-
-    def _silence(self) -> float:
-        return self.frontend.silence_value()
 
     def _encode(self, windows: torch.Tensor) -> torch.Tensor:
         """(n, n_mels, frames) raw log-mel windows -> (n, D) float32 embeddings."""
@@ -169,12 +167,12 @@ class ABTEmbedder(nn.Module):
         Frames stream through in time chunks and each window is pooled as soon as its frames exist,
         so memory holds one chunk of frame features, not the whole clip's.
         """
-        encoder: AudioNTT = self.encoder
+        encoder = self.encoder
         stride = encoder.TIME_STRIDE
         per_window = self.window_frames // stride
         n_ts = out.shape[1]
         # A few silence frames on the right so that the last window's pooled span exists.
-        mel = F.pad(mel, (0, stride), value=self._silence())
+        mel = F.pad(mel, (0, stride), value=self.config.frontend.silence_value)
         x = self.normalize(mel).unsqueeze(1)
         chunk = max(stride, self._budget_frames // mel.shape[0] // stride * stride)
         # Window k spans frames [5k, 5k + 96): pool the 24 feature frames (4 frames each) nearest to it.
@@ -210,15 +208,17 @@ class ABTEmbedder(nn.Module):
         for s in range(0, n_clips, group):
             mel = self.logmel(audio[s : s + group])
             g = mel.shape[0]
-            if isinstance(self.encoder, AudioNTT):
+            if self.encoder.frame_features_supported:
                 if n_frames < self.window_frames:
-                    mel = F.pad(mel, (0, self.window_frames - n_frames), value=self._silence())
+                    mel = F.pad(
+                        mel, (0, self.window_frames - n_frames), value=self.config.frontend.silence_value
+                    )
                 x = self.normalize(mel).unsqueeze(1)
-                out[s : s + g] = self.encoder.pooled_chunked(
-                    x, max(4, self._budget_frames // g // 4 * 4)
-                ).float()
+                stride = self.encoder.TIME_STRIDE
+                chunk = max(stride, self._budget_frames // g // stride * stride)
+                out[s : s + g] = self.encoder.pooled_chunked(x, chunk).float()
             else:
-                mel = F.pad(mel, (0, padded_frames - n_frames), value=self._silence())
+                mel = F.pad(mel, (0, padded_frames - n_frames), value=self.config.frontend.silence_value)
                 chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)
                 chunks = chunks.reshape(g * n_chunks, mel.shape[1], self.window_frames)
                 cls = torch.cat(

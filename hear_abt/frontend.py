@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torchaudio.functional import melscale_fbanks
@@ -55,10 +53,6 @@ class LogMelFrontend(nn.Module):
             mel = torch.matmul(power.transpose(1, 2), self.fbanks).transpose(1, 2)
             return torch.log(mel + cfg.log_offset)
 
-    def silence_value(self) -> float:
-        """The log-mel value of digital silence, used to pad spectrograms in the frame domain."""
-        return math.log(self.cfg.log_offset)
-
 
 class Normalize(nn.Module):
     """Standardise log-mel by the pre-training set's statistics (never the input batch's)."""
@@ -68,4 +62,4 @@ class Normalize(nn.Module):
         self.stats = stats
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        return (logmel - self.stats.mean) / self.stats.std
+        return self.stats.apply(logmel)

@@ -11,16 +11,12 @@ weights are safetensors, and training checkpoints are read with ``torch.load(wei
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -28,6 +24,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .config import ModelConfig
+from .fileio import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,31 +66,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
-
-    Readers never see a half-written file, and an interrupted write leaves the old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(data)
 
 
 def save_pretrained(
@@ -218,6 +190,14 @@ def _load_hub(repo_id: str, revision: str | None, source: str) -> Checkpoint:
     return _load_folder(Path(config_path).parent, source)
 
 
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``"org/name[@revision]"`` -> (repo id, revision or None); None when ``text`` is not a Hub id."""
+    match = _HUB_ID.match(text)
+    if match is None or text.startswith((".", "/", "~")):
+        return None
+    return match["repo"], match["revision"]
+
+
 def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint from a folder, a ``.safetensors``/training checkpoint file, or a Hub id."""
     text = os.fspath(source)
@@ -235,9 +215,9 @@ def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
         raise WeightsError(
             f"{path}: unknown weights file type (expected a folder, .safetensors, .pt or .ckpt)."
         )
-    match = _HUB_ID.match(text)
-    if match and not text.startswith((".", "/", "~")):
-        return _load_hub(match["repo"], match["revision"], text)
+    hub = parse_hub_id(text)
+    if hub is not None:
+        return _load_hub(*hub, text)
     raise WeightsError(f"{text!r} is neither an existing file or folder nor a Hub id 'org/name[@revision]'.")
 
 

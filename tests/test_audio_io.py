@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from hear_abt.audio import AudioFileError, load_audio, to_mono_16k
+from hear_abt.audio import AUDIO_EXTENSIONS, AudioFileError, find_audio_files, load_audio, to_mono_16k
 
 
 def _tone(freq: float, sr: int, seconds: float) -> np.ndarray:
@@ -68,3 +73,64 @@ def test_nan_audio_names_the_file(tmp_path):
     sf.write(tmp_path / "nan.wav", wav, 16_000, subtype="FLOAT")
     with pytest.raises(AudioFileError, match="nan.wav"):
         load_audio(tmp_path / "nan.wav")
+
+
+@pytest.mark.parametrize("rate", [44_101, 48_001, 8_000, 96_000])
+def test_odd_and_common_rates_resample_to_the_right_frequency_and_length(tmp_path, rate):
+    # 44101/48001 Hz share no useful gcd with 16 kHz: a sinc kernel sized by the ratio took GBs.
+    path = tmp_path / f"tone{rate}.wav"
+    sf.write(path, _tone(1000.0, rate, 2.0), rate, subtype="FLOAT")
+    wav = load_audio(path)
+    assert wav.dtype == np.float32
+    assert abs(len(wav) - round(2.0 * 16_000)) <= 1
+    # Frequency kept (FFT bin 0.5 Hz) and level kept (0.5 peak, away from the edges).
+    assert abs(_peak_hz(wav, 16_000) - 1000.0) <= 0.5
+    assert np.abs(wav[2000:-2000]).max() == pytest.approx(0.5, abs=0.005)
+    # Nothing but the tone: the residual after removing a fitted 1 kHz sine is tiny.
+    t = np.arange(len(wav))[2000:-2000] / 16_000
+    basis = np.stack([np.sin(2 * np.pi * 1000 * t), np.cos(2 * np.pi * 1000 * t)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, wav[2000:-2000], rcond=None)
+    residual = wav[2000:-2000] - basis @ coef
+    assert np.sqrt(np.mean(residual**2)) < 1e-3
+
+
+def test_odd_rate_resampling_uses_little_memory(tmp_path):
+    """Peak RSS grows by far less than the GBs torchaudio's kernel needed (measured in a fresh process)."""
+    for rate in (44_101, 48_001):
+        sf.write(tmp_path / f"{rate}.wav", _tone(1000.0, rate, 10.0), rate, subtype="FLOAT")
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from hear_abt.audio import load_audio
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for rate in (44101, 48001):
+            wav = load_audio({str(tmp_path)!r} + f"/{{rate}}.wav")
+            assert abs(len(wav) - 160000) <= 1, len(wav)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) / 1024)
+        """
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grown_mb = float(out.stdout.strip().splitlines()[-1])
+    assert grown_mb < 200, f"peak RSS grew by {grown_mb:.0f} MB resampling 10 s at 44101/48001 Hz"
+
+
+def test_find_audio_files_is_recursive_sorted_and_skips_non_files(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    for rel in ("z.wav", "b/a.FLAC", "b/deep/c.ogg", "notes.txt", "b/x.npy"):
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "folder.wav").mkdir()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.wav")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
+    assert found == ["b/a.FLAC", "b/deep/c.ogg", "z.wav"]
+    assert {"wav", "flac", "ogg"} <= set(AUDIO_EXTENSIONS)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_wav_is_an_error_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(AudioFileError, match="pipe.wav.*not a regular file"):
+        load_audio(tmp_path / "pipe.wav")

@@ -1,4 +1,4 @@
-"""training.corpus: the synthetic pre-training corpus (format, determinism, resume, disjointness)."""
+"""abt_eval.corpus: the synthetic pre-training corpus (format, determinism, resume, disjointness)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training import corpus, devsuite
+from abt_eval import corpus, devsuite, sounds
+from hear_abt.config import SAMPLE_RATE
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(p) for p in ("espeak-ng", "sox", "fluidsynth"))
@@ -40,7 +41,8 @@ def test_clip_format_and_balance(tiny):
     assert not list((out / "audio").glob("*.tmp"))
     for p in wavs:
         info = sf.info(str(p))
-        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 160000)
+        assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+        assert info.frames == 10 * SAMPLE_RATE
         x, _ = sf.read(str(p), dtype="float32")
         assert np.isfinite(x).all() and 0.25 < np.abs(x).max() <= 1.0
         assert np.sqrt(np.mean(x**2)) > 1e-3, f"{p.name} is nearly silent"
@@ -106,7 +108,7 @@ def test_disjoint_from_the_suite(tiny):
     assert voices and not any(v.split("+")[0].startswith("en") for v in voices)
     # the suite's soundfont is never used, and is refused if asked for
     used = json.loads((out / "corpus.json").read_text())["settings"]["soundfonts"]
-    suite = Path(devsuite.DEFAULT_SOUNDFONT).resolve()
+    suite = Path(sounds.DEFAULT_SOUNDFONT).resolve()
     assert used and all(Path(s).resolve() != suite for s in used)
     with pytest.raises(SystemExit):
-        corpus.check_soundfonts([devsuite.DEFAULT_SOUNDFONT])
+        corpus.check_soundfonts([sounds.DEFAULT_SOUNDFONT])

@@ -1,4 +1,4 @@
-"""training.devsuite: HEAR task layout built from real synthesised sounds."""
+"""abt_eval.devsuite: HEAR task layout built from real synthesised sounds (and abt_eval.sounds)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-import sounds
 
-from training import devsuite
+from abt_eval import devsuite, sounds
+from hear_abt.config import SAMPLE_RATE
+
+SR = SAMPLE_RATE
 
 HEAR_METADATA_KEYS = {  # what heareval's embeddings and predictions runners read
     "task_name",
@@ -43,7 +45,7 @@ def test_speech_task_layout_and_metadata(speech_task):
     assert names == sorted(
         [
             ".complete",
-            "16000",
+            str(SR),
             "generation.json",
             "labelvocabulary.csv",
             "task_metadata.json",
@@ -66,15 +68,15 @@ def test_speech_task_labels_and_audio(speech_task):
     total = 0
     for split in ("train", "valid", "test"):
         entries = json.loads((speech_task / f"{split}.json").read_text())
-        wavs = sorted(os.listdir(speech_task / "16000" / split))
+        wavs = sorted(os.listdir(speech_task / str(SR) / split))
         assert sorted(entries) == wavs
         seen = set()
         for name, labels in entries.items():
             assert isinstance(labels, list) and len(labels) == 1 and labels[0] in vocab
             seen.add(labels[0])
-            info = sf.info(str(speech_task / "16000" / split / name))
-            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
-            assert info.frames == 16000  # sample_duration 1.0 s exactly
+            info = sf.info(str(speech_task / str(SR) / split / name))
+            assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
+            assert info.frames == SR  # sample_duration 1.0 s exactly
         assert seen == vocab  # every word in every split
         total += len(entries)
     assert 50 <= total <= 80
@@ -94,7 +96,7 @@ def test_speech_clips_are_noisy_speech_at_a_random_gain(speech_task):
             assert lo <= clip["snr_db"] <= hi and devsuite.GAIN_DB[0] <= clip["gain_db"] <= 0
             assert sum(clip["noise"].values()) == pytest.approx(1.0, abs=0.01)
         for clip in gen["clips"][split][:10]:
-            x, _ = sf.read(str(speech_task / "16000" / split / clip["filename"]), dtype="float32")
+            x, _ = sf.read(str(speech_task / str(SR) / split / clip["filename"]), dtype="float32")
             peak = float(np.abs(x).max())
             # peak 0.9 at 0 dB gain (within 16-bit rounding)
             assert peak == pytest.approx(0.9 * 10 ** (clip["gain_db"] / 20), rel=0.01)
@@ -109,17 +111,17 @@ def test_speech_clip_is_the_clean_word_plus_noise_at_the_snr(speech_task):
     gen = json.loads((speech_task / "generation.json").read_text())
     clip = next(c for c in gen["clips"]["test"] if c["distractor"] is None)
     clean = devsuite._speech_clip(clip, 1.0)  # the same word at the same offset, before mixing
-    y, _ = sf.read(str(speech_task / "16000" / "test" / clip["filename"]), dtype="float32")
+    y, _ = sf.read(str(speech_task / str(SR) / "test" / clip["filename"]), dtype="float32")
     scale = float(np.dot(y, clean) / np.dot(clean, clean))
     residual = y - scale * clean
     assert not np.allclose(y, scale * clean, atol=1e-3)
-    snr = 10 * np.log10(devsuite.active_power(scale * clean) / np.mean(residual**2))
+    snr = 10 * np.log10(sounds.active_power(scale * clean) / np.mean(residual**2))
     assert snr == pytest.approx(clip["snr_db"], abs=1.0)
 
 
 def test_scene_mix_levels_and_determinism():
-    x = devsuite.place(devsuite.tone(440, 0.4), 16000, 4000)
-    d = devsuite.place(devsuite.tone(660, 0.3), 16000, 8000)
+    x = sounds.place(sounds.tone(440, 0.4), SR, SR // 4)
+    d = sounds.place(sounds.tone(660, 0.3), SR, SR // 2)
     cond = {"snr_db": 10.0, "gain_db": -6.0, "noise": {"white": 0.2, "pink": 0.3, "brown": 0.5}}
 
     def mix(seed, **kw):
@@ -129,18 +131,18 @@ def test_scene_mix_levels_and_determinism():
     assert np.array_equal(a, mix(5)) and not np.array_equal(a, mix(6))
     assert np.abs(a).max() == pytest.approx(0.9 * 10 ** (-6 / 20), rel=1e-4)
     # the noise before the tone is 10 dB below the tone's power
-    pre = np.mean(a[:3000] ** 2)
-    tone_power = devsuite.active_power(a[4000:10400])
+    pre = np.mean(a[: SR // 4 - 1000] ** 2)
+    tone_power = sounds.active_power(a[SR // 4 : SR // 4 + int(0.4 * SR)])
     assert 10 * np.log10(tone_power / pre) == pytest.approx(10.0, abs=1.5)
     with_d = mix(5, distractor=d, distractor_db=-10.0)
     assert not np.array_equal(with_d, a)
 
-    white = devsuite.coloured_noise(16000, {"white": 1.0}, np.random.default_rng(0))
-    brown = devsuite.coloured_noise(16000, {"brown": 1.0}, np.random.default_rng(0))
+    white = sounds.coloured_noise(SR, {"white": 1.0}, np.random.default_rng(0))
+    brown = sounds.coloured_noise(SR, {"brown": 1.0}, np.random.default_rng(0))
     for n in (white, brown):
         assert np.sqrt(np.mean(n**2)) == pytest.approx(1.0, rel=1e-3)
 
-    def low_share(n):  # power below 500 Hz
+    def low_share(n):  # power below 500 Hz (1 s of noise: 1 Hz per bin)
         p = np.abs(np.fft.rfft(n)) ** 2
         return p[:500].sum() / p.sum()
 
@@ -205,8 +207,8 @@ def test_note_clips_are_deterministic_and_noisy(tmp_path):
     design = devsuite.design_instrument(0, True)
     jobs = [c for c in design["clips"]["test"] if c["distractor"]][:1]
     jobs += [c for c in design["clips"]["test"] if not c["distractor"]][:1]
-    a = devsuite._work_notes(jobs, str(tmp_path / "a"), 1.0, devsuite.DEFAULT_SOUNDFONT)
-    b = devsuite._work_notes(jobs, str(tmp_path / "b"), 1.0, devsuite.DEFAULT_SOUNDFONT)
+    a = devsuite._work_notes(jobs, str(tmp_path / "a"), 1.0, sounds.DEFAULT_SOUNDFONT)
+    b = devsuite._work_notes(jobs, str(tmp_path / "b"), 1.0, sounds.DEFAULT_SOUNDFONT)
     assert a == {j["filename"]: [j["label"]] for j in jobs} == b
     for j in jobs:
         x, _ = sf.read(str(tmp_path / "a" / j["filename"]), dtype="float32")
@@ -217,8 +219,8 @@ def test_note_clips_are_deterministic_and_noisy(tmp_path):
     # the note starts at its offset: before it, only noise (at least 5 dB below the note)
     j = jobs[1]
     x, _ = sf.read(str(tmp_path / "a" / j["filename"]), dtype="float32")
-    k = int(j["offset"] * 16000)
-    assert k > 1600 and np.mean(x[k : k + 3200] ** 2) > 2 * np.mean(x[: k - 160] ** 2)
+    k = int(j["offset"] * SR)
+    assert k > SR // 10 and np.mean(x[k : k + SR // 5] ** 2) > 2 * np.mean(x[: k - SR // 100] ** 2)
 
 
 def test_designs_are_deterministic_and_hold_out():
@@ -234,9 +236,10 @@ def test_designs_are_deterministic_and_hold_out():
     assert pitch["labels"][0] == "48"  # idx % 12 is the chroma, as heareval's chroma_acc assumes
 
 
+@pytest.mark.heartools
 def test_metric_names_are_heareval_scores():
     score = pytest.importorskip(
-        "heareval.score", reason="HEAR tools not installed (scripts/install_hear_tools.sh)"
+        "heareval.score", reason="HEAR tools not installed (.venv/bin/python -m abt_eval.hear_tools install)"
     )
     for task, design in devsuite.DESIGNS.items():
         for metric in design(0, True)["evaluation"]:
@@ -251,8 +254,8 @@ def test_small_event_task(tmp_path):
     for split in ("train", "valid", "test"):
         for name, events in json.loads((task_dir / f"{split}.json").read_text()).items():
             assert 1 <= len(events) <= 3
-            info = sf.info(str(task_dir / "16000" / split / name))
-            assert info.frames == int(meta["sample_duration"] * 16000)
+            info = sf.info(str(task_dir / str(SR) / split / name))
+            assert info.frames == int(meta["sample_duration"] * SR)
             prev_end = 0.0
             for ev in events:
                 assert set(ev) == {"label", "start", "end"} and ev["label"] in vocab
@@ -263,14 +266,15 @@ def test_small_event_task(tmp_path):
 def test_sound_helpers(tmp_path):
     w = sounds.espeak_word("hello", "en-us", tmp_path / "hello.wav")
     info = sf.info(str(w))
-    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16") and info.frames > 4000
+    assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16") and info.frames > SR // 4
 
     n = sounds.fluidsynth_note(0, 69, tmp_path / "a4.wav", seconds=0.75)
-    x, sr = sounds.read_wav(n)
-    assert sr == 16000 and len(x) == 12000
-    spec = np.abs(np.fft.rfft(x[:8000] * np.hanning(8000)))
-    f0 = np.argmax(spec[: 8000 * 600 // 16000]) * 16000 / 8000  # strongest peak below 600 Hz
+    x, sr = sounds.read_mono(n)
+    assert sr == SR and len(x) == int(0.75 * SR)
+    m = SR // 2  # a 0.5 s window: 2 Hz per bin
+    spec = np.abs(np.fft.rfft(x[:m] * np.hanning(m)))
+    f0 = np.argmax(spec[: m * 600 // SR]) * SR / m  # strongest peak below 600 Hz
     assert abs(f0 - 440) < 10
 
-    assert sounds.tone(440, 0.5).shape == (8000,) and sounds.tone(440, 0.5).dtype == np.float32
+    assert sounds.tone(440, 0.5).shape == (SR // 2,) and sounds.tone(440, 0.5).dtype == np.float32
     assert np.array_equal(sounds.noise(0.1, seed=3), sounds.noise(0.1, seed=3))

@@ -1,4 +1,4 @@
-"""training.hear_eval: score collection, the results table, resume and the random-init baseline.
+"""abt_eval.hear_eval: score collection, the results table, resume and the random-init baseline.
 
 heareval itself is not run here (a real run takes about a minute per (model, task) pair): the subprocess
 runner is replaced by a fake that writes what heareval writes, shaped as heareval 2021.1.3 writes it
@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hear_abt.config import ModelConfig, NormStats
-from hear_abt.embedder import ABTEmbedder
-from hear_abt.weights import WEIGHTS_ENV, load_checkpoint, save_pretrained
-from training import hear_eval
-from training.hear_eval import (
+from abt_eval import hear_eval, hear_tools
+from abt_eval.hear_eval import (
     EvalError,
     TaskScore,
     collect_scores,
@@ -29,6 +26,9 @@ from training.hear_eval import (
     results_table,
     write_outputs,
 )
+from hear_abt.config import ModelConfig, NormStats
+from hear_abt.embedder import ABTEmbedder
+from hear_abt.weights import WEIGHTS_ENV, load_checkpoint, save_pretrained
 
 HPARAMS = {
     "batch_size": 1024,

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 import hear_abt
-from training import export, prepare, pretrain
+from training import engine, export, prepare, pretrain
 from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +51,7 @@ def run(corpus, run_dir, *extra, steps=40):
         str(corpus),
         "--run-dir",
         str(run_dir),
-        "--max-steps",
-        str(steps),
+        f"steps={steps}",
         "--no-progress",
         *TRAIN,
         *extra,
@@ -90,8 +89,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
         str(corpus),
         "--run-dir",
         str(killed),
-        "--max-steps",
-        str(steps),
+        f"steps={steps}",
         "--no-progress",
         *TRAIN,
         f"checkpoint_every={every}",
@@ -124,7 +122,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(corpus, tmp_path, monkeypatch, capsys):
-    real_loss = pretrain.BarlowTwinsLoss
+    real_loss = engine.BarlowTwinsLoss
 
     class PoisonedAfterTen(real_loss):
         calls = 0
@@ -134,7 +132,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(corpus, tmp_path, monke
             PoisonedAfterTen.calls += 1
             return out._replace(loss=out.loss * float("nan")) if PoisonedAfterTen.calls > 10 else out
 
-    monkeypatch.setattr(pretrain, "BarlowTwinsLoss", PoisonedAfterTen)
+    monkeypatch.setattr(engine, "BarlowTwinsLoss", PoisonedAfterTen)
     assert run(corpus, tmp_path / "run", "checkpoint_every=4") == 3
     assert "loss is nan at step 10" in capsys.readouterr().err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -145,10 +143,40 @@ def test_resume_refuses_changed_settings_and_new_runs_refuse_old_dirs(corpus, tm
     assert run(corpus, tmp_path / "run", steps=4) == 0
     with pytest.raises(SystemExit, match="already holds a run"):
         run(corpus, tmp_path / "run", steps=4)
-    with pytest.raises(SystemExit, match="own settings"):
+    with pytest.raises(SystemExit, match=r"own settings.*lr_weights \(run: None, given: 1.0\)"):
         pretrain.main(["--run-dir", str(tmp_path / "run"), "--resume", "lr_weights=1.0"])
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(SystemExit, match="trains on"):
+        pretrain.main(["--run-dir", str(tmp_path / "run"), "--resume", "--data", str(tmp_path)])
+    # The run's own settings repeated are accepted (the same command line plus --resume).
+    assert run(corpus, tmp_path / "run", "--resume", steps=4) == 0
+    with pytest.raises(SystemExit, match="unknown setting"):
         run(corpus, tmp_path / "other", "not_a_setting=1")
+    with pytest.raises(SystemExit, match="batch_size=0.*out of range"):
+        run(corpus, tmp_path / "other", "batch_size=0")
+
+
+def test_small_data_says_how_to_fit_a_batch(corpus, tmp_path):
+    with pytest.raises(
+        SystemExit, match=r"56 clips do not fill one batch of 64: pass a smaller batch_size= \(at most 56\)"
+    ):
+        run(corpus, tmp_path / "run", "batch_size=64")
+
+
+def test_run_length_is_the_steps_setting_not_an_epoch_cap(corpus, tmp_path):
+    # 56 clips at batch 16 are 3 steps per epoch: 10 steps run into the fourth epoch.
+    assert run(corpus, tmp_path / "run", "checkpoint_every=1000", steps=10) == 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == state["total_steps"] == 10
+    assert state["ranks"][0]["sampler"]["epoch"] == 3 and state["ranks"][0]["sampler"]["batch"] == 1
+
+
+def test_a_second_process_on_the_same_run_dir_is_refused(corpus, tmp_path):
+    from training.run_dir import RunDir
+
+    with RunDir(tmp_path / "run").lock():  # as a running pretrain holds it
+        with pytest.raises(SystemExit, match="is in use by pid"):
+            run(corpus, tmp_path / "run", steps=2)
+    assert run(corpus, tmp_path / "run", steps=2) == 0  # released: the run goes ahead
 
 
 def test_export_loads_through_hear_abt_and_embeds(corpus, tmp_path):
@@ -168,7 +196,7 @@ def test_export_loads_through_hear_abt_and_embeds(corpus, tmp_path):
 
 
 def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, tmp_path):
-    from training import devsuite
+    from abt_eval import devsuite
 
     devsuite.main([str(tmp_path / "suite"), "--small", "--tasks", "speech-words", "--jobs", "1"])
     task = tmp_path / "suite" / "speech-words"
@@ -187,8 +215,7 @@ def test_vit_preset_trains_with_adamw_and_view_masking(corpus, tmp_path):
         str(corpus),
         "--run-dir",
         str(tmp_path / "vit"),
-        "--max-steps",
-        "3",
+        "steps=3",
         "--no-progress",
         "--preset",
         "audioset-vitc-b",
@@ -207,6 +234,8 @@ def test_vit_preset_trains_with_adamw_and_view_masking(corpus, tmp_path):
     assert np.isfinite(losses(tmp_path / "vit")).all()
     with pytest.raises(SystemExit, match="crop_frames=160"):
         pretrain.main([*args[:3], str(tmp_path / "vit2"), *args[4:], "crop_frames=160"])
+    with pytest.raises(SystemExit, match="mask_ratio needs a patch-token encoder"):
+        run(corpus, tmp_path / "ntt", "augment.mask_ratio=0.25", steps=1)
 
 
 def test_export_push_to_hub_uploads_the_exported_folder(corpus, tmp_path, monkeypatch, capsys):
@@ -237,9 +266,8 @@ def test_export_push_to_hub_uploads_the_exported_folder(corpus, tmp_path, monkey
     assert "load_model('me/abt-tiny')" in (tmp_path / "model" / "README.md").read_text()
 
 
-def test_torchrun_two_cpu_processes_train_checkpoint_and_resume(corpus, tmp_path):
-    run_dir = tmp_path / "ddp"
-    cmd = [
+def torchrun(corpus, run_dir, *extra, steps=4):
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -251,26 +279,85 @@ def test_torchrun_two_cpu_processes_train_checkpoint_and_resume(corpus, tmp_path
         str(corpus),
         "--run-dir",
         str(run_dir),
-        "--max-steps",
-        "4",
         "--no-progress",
         *TRAIN,
-        "checkpoint_every=2",
+        f"steps={steps}",
+        *extra,
     ]
-    done = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert state["step"] == 4 and len(state["sampler"]) == 2  # one data position per rank
-    assert state["sampler"][0] != state["sampler"][1]
-    assert all(torch.isfinite(t).all() for t in state["encoder"].values())
-    # Every rank restores its own state from the one checkpoint.
-    resume = subprocess.run(
-        cmd[:7] + ["--run-dir", str(run_dir), "--resume", "--no-progress"],
+
+
+def assert_same_tree(a, b, where=""):
+    """Bitwise equality of nested checkpoint contents (tensors, containers, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: lengths {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_on_every_rank(
+    corpus, tmp_path
+):
+    steps, every = 24, 4
+    straight = subprocess.run(
+        torchrun(corpus, tmp_path / "straight", f"checkpoint_every={every}", steps=steps),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
+        stdin=subprocess.DEVNULL,
     )
-    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    ckpt = killed / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(
+        torchrun(corpus, killed, f"checkpoint_every={every}", steps=steps),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the launcher and both ranks die together
+    )
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted_at = load_checkpoint(ckpt)["step"]
+    assert interrupted_at < steps, "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        torchrun(corpus, killed, f"checkpoint_every={every}", "--resume", steps=steps),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(ckpt)
+    assert a["step"] == b["step"] == steps and a["world_size"] == b["world_size"] == 2
+    for part in ("encoder", "projector", "optimizer", "scaler"):
+        assert_same_tree(a[part], b[part], part)
+    # Every rank's own streams: data position, augmentation generator, mixup bank, torch/Python RNG.
+    for rank in range(2):
+        assert a["ranks"][rank]["rank"] == rank
+        assert_same_tree(
+            a["ranks"][rank], b["ranks"][rank], f"rank {rank} (resumed from step {interrupted_at})"
+        )
+    # ... and they are each rank's own, not copies of rank 0's.
+    r0, r1 = a["ranks"]
+    assert r0["sampler"]["rank"] == 0 and r1["sampler"]["rank"] == 1
+    assert not torch.equal(r0["rng"]["torch"], r1["rng"]["torch"])  # dropout masks differ
+    assert not torch.equal(r0["rng"]["augment"], r1["rng"]["augment"])
+    bank0, bank1 = r0["augment"]["mixup"]["bank"], r1["augment"]["mixup"]["bank"]
+    assert bank0.shape == bank1.shape and not torch.equal(bank0, bank1)  # each rank banks its own crops

@@ -48,7 +48,7 @@ class MixupBank:
     returns ``x`` exactly when ``l = 0``. With an empty bank the input passes through unchanged.
     """
 
-    def __init__(self, ratio: float = 0.4, size: int = 2048):
+    def __init__(self, ratio: float = 0.2, size: int = 2048):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"mixup ratio must be in [0, 1), got {ratio}")
         if size < 1:
@@ -121,60 +121,77 @@ class MixupBank:
 
 
 class RandomResizeCrop:
-    """BYOL-A's random resize crop, batched: each sample gets its own crop.
+    """BYOL-A's random resize crop, batched: each sample gets its own crop (``docs/augmentations.md``).
 
     The (F, T) input sits centred in a zero canvas ``virtual_crop_scale`` times larger (per axis:
     frequency, time); a region of ``freq_scale x time_scale`` times the input size (clamped to the
-    canvas) is cropped at a random position and resized back to (F, T) bilinearly. Zero is the
-    dataset mean after normalisation. Implemented as one affine ``grid_sample`` that reads straight
-    from the input (the zero padding *is* the canvas); crop sizes are continuous rather than BYOL-A's
-    whole pixels. All scales 1 give the identity (up to float rounding).
+    canvas) is cropped at a uniformly random position and resized back to (F, T) with
+    ``interpolation`` (BYOL-A: bicubic). All scales 1 give the identity (up to float rounding).
     """
+
+    INTERPOLATIONS = ("bicubic", "bilinear")
 
     def __init__(
         self,
         virtual_crop_scale: tuple[float, float] = (1.0, 1.5),
         freq_scale: tuple[float, float] = (0.6, 1.5),
         time_scale: tuple[float, float] = (0.6, 1.5),
+        interpolation: str = "bicubic",
     ):
         if min(virtual_crop_scale) < 1.0:
             raise ValueError(f"virtual crop scales must be >= 1, got {virtual_crop_scale}")
         for lo, hi in (freq_scale, time_scale):
             if not 0 < lo <= hi:
                 raise ValueError(f"scale ranges must satisfy 0 < low <= high, got {(lo, hi)}")
+        if interpolation not in self.INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {self.INTERPOLATIONS}, got {interpolation!r}")
         self.virtual_crop_scale = tuple(virtual_crop_scale)
         self.freq_scale = tuple(freq_scale)
         self.time_scale = tuple(time_scale)
+        self.interpolation = interpolation
 
-    @staticmethod
-    def _axis(
-        n: int, size: int, canvas_scale: float, scale: tuple[float, float], gen: torch.Generator, device
-    ) -> tuple[Tensor, Tensor]:
-        """Per-sample (slope, offset) mapping output to input coordinates along one axis.
+    def draw(self, n: int, size: tuple[int, int], gen: torch.Generator, device) -> tuple[Tensor, ...]:
+        """Per-sample crops for (F, T) inputs: ``(f_length, f_start, t_length, t_start)``, each (n,).
 
-        Coordinates follow ``align_corners=True``: pixel centres 0..size-1 map to -1..1. A crop
-        of ``length`` pixels starting at canvas position ``start`` reads input position
-        ``start - pad + u * (length - 1) / (size - 1)`` for output pixel ``u``.
+        Lengths are in input pixels, ``U(scale) * size`` clamped to [1, canvas]; starts are canvas
+        positions, uniform in [0, canvas - length].
         """
-        canvas = size * canvas_scale
-        length = (_uniform(n, *scale, gen, device) * size).clamp(1.0, canvas)
-        start = _rand((n,), gen, device) * (canvas - length)
-        pad = (canvas - size) / 2
-        denom = max(size - 1, 1)
-        slope = (length - 1) / denom
-        offset = 2 * (start - pad) / denom + slope - 1
-        return slope, offset
+        out = []
+        for axis_size, canvas_scale, scale in zip(
+            size, self.virtual_crop_scale, (self.freq_scale, self.time_scale)
+        ):
+            canvas = axis_size * canvas_scale
+            length = (_uniform(n, *scale, gen, device) * axis_size).clamp(1.0, canvas)
+            start = _rand((n,), gen, device) * (canvas - length)
+            out += [length, start]
+        return tuple(out)
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        _check_batch(x)
-        b, _, f, t = x.shape
-        a_f, o_f = self._axis(b, f, self.virtual_crop_scale[0], self.freq_scale, gen, x.device)
-        a_t, o_t = self._axis(b, t, self.virtual_crop_scale[1], self.time_scale, gen, x.device)
+    def warp(self, x: Tensor, f_length: Tensor, f_start: Tensor, t_length: Tensor, t_start: Tensor) -> Tensor:
+        """Resize each sample's crop (as drawn by :meth:`draw`) back to the input size.
+
+        One affine ``grid_sample`` reads straight from the input (its zero padding *is* the canvas).
+        With ``align_corners=True`` the crop's first and last pixel centres map to the output's:
+        output pixel ``u`` reads input position ``start - pad + u * (length - 1) / (size - 1)``.
+        """
+        _, _, f, t = x.shape
+
+        def axis(size: int, canvas_scale: float, length: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+            pad = (size * canvas_scale - size) / 2
+            denom = max(size - 1, 1)
+            slope = (length - 1) / denom
+            return slope, 2 * (start - pad) / denom + slope - 1
+
+        a_f, o_f = axis(f, self.virtual_crop_scale[0], f_length, f_start)
+        a_t, o_t = axis(t, self.virtual_crop_scale[1], t_length, t_start)
         zero = torch.zeros_like(a_f)
         # affine_grid's x is the last (time) axis, y the frequency axis.
         theta = torch.stack([torch.stack([a_t, zero, o_t], 1), torch.stack([zero, a_f, o_f], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=True)
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        _check_batch(x)
+        return self.warp(x, *self.draw(x.shape[0], tuple(x.shape[-2:]), gen, x.device))
 
 
 class RandomLinearFader:
@@ -272,12 +289,13 @@ class AugmentConfig:
     """Which blocks build each view, and their strengths (defaults: the paper's Mixup+RRC+RLF)."""
 
     mixup: bool = True
-    mixup_ratio: float = 0.4
+    mixup_ratio: float = 0.2  # BYOL-A v2 (TASLP 2023); v1 used 0.4
     mixup_bank_size: int = 2048
     rrc: bool = True
     rrc_virtual_crop_scale: tuple[float, float] = (1.0, 1.5)
     rrc_freq_scale: tuple[float, float] = (0.6, 1.5)
     rrc_time_scale: tuple[float, float] = (0.6, 1.5)
+    rrc_interpolation: str = "bicubic"  # as BYOL-A; "bilinear" is a little faster
     rlf: bool = True
     rlf_gain: float = 1.0
     noise: bool = False
@@ -303,7 +321,9 @@ class ViewAugmenter:
         self.norm = PrePostNorm() if cfg.ppn else None
         self.mixup = MixupBank(cfg.mixup_ratio, cfg.mixup_bank_size) if cfg.mixup else None
         self.rrc = (
-            RandomResizeCrop(cfg.rrc_virtual_crop_scale, cfg.rrc_freq_scale, cfg.rrc_time_scale)
+            RandomResizeCrop(
+                cfg.rrc_virtual_crop_scale, cfg.rrc_freq_scale, cfg.rrc_time_scale, cfg.rrc_interpolation
+            )
             if cfg.rrc
             else None
         )

@@ -2,22 +2,21 @@
 
 A checkpoint holds only tensors and plain containers (``torch.load(weights_only=True)`` reads it), so
 ``hear_abt.load_model`` can read a training checkpoint safely too (keys ``format``, ``model_config``,
-``encoder``).
+``encoder``). What goes in it is :func:`training.engine.checkpoint_state`.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hear_abt.weights import TRAINING_CHECKPOINT_FORMAT, atomic_open
+from hear_abt.fileio import atomic_open
+from hear_abt.weights import TRAINING_CHECKPOINT_FORMAT
 
-CHECKPOINT_VERSION = 1
-LAST_NAME = "last.pt"
-BEST_NAME = "best.pt"  # best linear-probe score, when the probe monitor is on
+# 2: per-rank streams in "ranks" (version 1 kept only rank 0's augmentation state).
+CHECKPOINT_VERSION = 2
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -30,30 +29,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != TRAINING_CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a hear-abt training checkpoint")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
+    version = state.get("version", 0)
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} comes from a newer hear-abt (checkpoint version {version}); upgrade")
+    if version < CHECKPOINT_VERSION:
         raise ValueError(
-            f"{path} comes from a newer hear-abt (checkpoint version {state['version']}); upgrade"
+            f"{path} is a version-{version} checkpoint, which cannot resume exactly (it lacks per-rank "
+            "state). Its encoder still loads with hear_abt.load_model and exports with training.export."
         )
     return state
-
-
-def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
-    """Every random stream a step draws from (dropout, augmentations, python)."""
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "augment": aug_gen.get_state(),
-        # Python's state is a tuple of ints: stored as a list, which weights_only loading accepts.
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    aug_gen.set_state(state["augment"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

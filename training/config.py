@@ -29,14 +29,18 @@ class TrainConfig:
     # Data: global batch (all ranks together) and crop length in frames (96 = 950 ms).
     batch_size: int = 128
     crop_frames: int = 96
+    # Run length: ``steps`` when > 0, else ``epochs`` passes over the data.
     epochs: float = 100.0
+    steps: int = 0
     # Optimiser; None takes the paper's value for that optimiser (training.optim). Rates are for a
     # batch of 128 and are scaled linearly to batch_size once, in training.optim.build_optimizer.
     optimizer: str = "lars"
     lr_weights: float | None = None
     lr_biases: float | None = None
     weight_decay: float | None = None
-    warmup_fraction: float = 0.1  # of all steps: 10 of 100 epochs
+    warmup_fraction: float = 0.1  # of all steps: 10 of 100 epochs (Barlow Twins warms up 10 epochs)
+    # The cosine decay ends at this fraction of the peak rate (Barlow Twins: 1/1000).
+    lr_end_factor: float = 0.001
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # "auto": bf16 autocast on GPUs that support it, else fp16 with a grad scaler; fp32 on the CPU.
     precision: str = "auto"
@@ -53,6 +57,47 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> TrainConfig:
+        """Type and range checks of every setting, before anything is built; returns self."""
+        checks: list[tuple[str, Any, type | tuple[type, ...], Any]] = [
+            ("encoder", self.encoder, str, lambda v: bool(v)),
+            ("encoder_kwargs", self.encoder_kwargs, dict, None),
+            ("projector_hidden", self.projector_hidden, int, lambda v: 1 <= v <= 65536),
+            ("projector_depth", self.projector_depth, int, lambda v: 1 <= v <= 8),
+            ("projector_out", self.projector_out, int, lambda v: 1 <= v <= 65536),
+            ("alpha", self.alpha, (int, float), lambda v: v >= 0),
+            ("lambd", self.lambd, (int, float), lambda v: v >= 0),
+            ("batch_size", self.batch_size, int, lambda v: v >= 2),
+            ("crop_frames", self.crop_frames, int, lambda v: 4 <= v <= 100_000),
+            ("epochs", self.epochs, (int, float), lambda v: v > 0),
+            ("steps", self.steps, int, lambda v: v >= 0),
+            ("optimizer", self.optimizer, str, lambda v: v in ("lars", "adamw")),
+            ("lr_weights", self.lr_weights, (int, float, type(None)), lambda v: v is None or v >= 0),
+            ("lr_biases", self.lr_biases, (int, float, type(None)), lambda v: v is None or v >= 0),
+            ("weight_decay", self.weight_decay, (int, float, type(None)), lambda v: v is None or v >= 0),
+            ("warmup_fraction", self.warmup_fraction, (int, float), lambda v: 0 <= v <= 1),
+            ("lr_end_factor", self.lr_end_factor, (int, float), lambda v: 0 <= v <= 1),
+            ("precision", self.precision, str, lambda v: v in ("auto", "fp32", "bf16", "fp16")),
+            ("seed", self.seed, int, lambda v: v >= 0),
+            ("checkpoint_every", self.checkpoint_every, int, lambda v: v >= 1),
+            ("log_every", self.log_every, int, lambda v: v >= 1),
+            ("image_every", self.image_every, int, lambda v: v >= 1),
+            ("probe_every", self.probe_every, int, lambda v: v >= 0),
+            ("probe_task", self.probe_task, str, None),
+            ("probe_max_clips", self.probe_max_clips, int, lambda v: v >= 1),
+        ]
+        for name, value, types, ok in checks:
+            # bool is an int subclass: refuse it where a number is meant.
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+                raise ValueError(
+                    f"setting {name}={value!r} has the wrong type; expected {_type_names(types)}"
+                )
+            if ok is not None and not ok(value):
+                raise ValueError(f"setting {name}={value!r} is out of range")
+        if self.probe_every and not self.probe_task:
+            raise ValueError("probe_every needs probe_task=PATH (a HEAR-format scene task folder)")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
@@ -66,6 +111,14 @@ class TrainConfig:
             raise ValueError(f"unknown augment settings {sorted(bad)}")
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
         return cls(augment=AugmentConfig(**aug), **data)
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in _as_tuple(types))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -88,7 +141,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_every": 100,
         "augment": {"mixup_bank_size": 256},
     },
+    # About one hour on a 2-core CPU, the whole experiment included (docs/cpu-experiment.md): a
+    # reduced-width AudioNTT, 480 steps of batch 128.
+    "cpu-hour": {
+        "encoder_kwargs": {"channels": 32, "mlp_dim": 512},
+        "projector_hidden": 2048,
+        "projector_out": 256,
+        "batch_size": 128,
+        "steps": 480,
+        "precision": "fp32",
+        "log_every": 10,
+        "checkpoint_every": 60,
+        "image_every": 120,
+    },
 }
+DEFAULT_PRESET = "audioset-audiontt"  # the paper's run
 
 
 def _parse_value(text: str) -> Any:
@@ -132,7 +199,4 @@ def build_config(preset: str, overrides: list[str] = ()) -> TrainConfig:
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
         _set_dotted(data, key.strip(), _parse_value(value.strip()))
-    config = TrainConfig.from_dict(data)
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
-    return config
+    return TrainConfig.from_dict(data).validate()

@@ -1,19 +1,8 @@
 """Memory-mapped log-mel shards (from ``training.prepare``) and a fast, resumable random-crop sampler.
 
-:class:`CropSampler` yields batches of RAW log-mel crops, float32 ``(B, 1, n_mels, crop_frames)``;
-standardising by :attr:`ShardDataset.norm` is left to the training step so it runs on the device
-(pass ``normalize=True`` to get standardised crops instead).
-
-Clips shorter than the crop are padded with the log-mel value of digital silence,
-``log(FrontendConfig.log_offset)`` (about -15.9), not with 0: the paper's "padded with zeros" means
-zero *audio*, and zero audio through the front-end gives ``log(0 + offset)``. A literal 0 in the log
-domain would be a loud, flat-spectrum band that never occurs in real audio.
-
-Data order is a pure function of (seed, epoch, batch index, rank): an epoch is the permutation of
-clip indices drawn from ``Generator(PCG64(seed + epoch))``, split across ranks as
-``perm[rank::world_size]`` (truncated to equal length so that every rank takes the same number of
-steps); crop offsets of batch ``b`` come from ``Generator(PCG64([seed, epoch, b, rank]))``. So
-:meth:`CropSampler.state_dict` only needs (epoch, batch) to resume with identical batches.
+:class:`CropSampler` yields RAW log-mel crops, float32 ``(B, 1, n_mels, crop_frames)``, padded with
+the log-mel of digital silence where a clip is short; the order is a pure function of
+(seed, epoch, batch, rank). Details and the reasons for them: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -63,7 +52,6 @@ class ShardDataset:
             raise ValueError(f"{manifest_path}: unsupported shard format version {version!r}")
         self.frontend = FrontendConfig(**self.manifest["frontend"])
         self.norm = NormStats(**self.manifest["norm"])
-        self.silence_value = math.log(self.frontend.log_offset)
 
         shard_records = [r for r in self.manifest["shards"] if r["clips"] > 0]
         _ensure_open_file_limit(len(shard_records) + 256)
@@ -112,7 +100,7 @@ class ShardDataset:
             sel = np.flatnonzero(shard_ids == shard_id)
             out[sel] = self.shards[shard_id][rows[sel]].transpose(0, 2, 1)
         if not inside.all():
-            out.transpose(0, 2, 1)[~inside] = self.silence_value
+            out.transpose(0, 2, 1)[~inside] = self.frontend.silence_value
         return out
 
 
@@ -184,10 +172,8 @@ class CropSampler:
         # window of silence (the window may start before the clip), so padding is not always right.
         starts = rng.integers(np.minimum(excess, 0), np.maximum(excess, 0) + 1)
         crops = self.dataset.gather_crops(clip_ids, starts, self.crop_frames)
-        if self.normalize:
-            crops -= np.float32(self.dataset.norm.mean)
-            crops /= np.float32(self.dataset.norm.std)
-        return torch.from_numpy(crops).unsqueeze(1)
+        x = torch.from_numpy(crops).unsqueeze(1)
+        return self.dataset.norm.apply(x) if self.normalize else x
 
     def _advance(self, epoch: int, batch: int) -> None:
         """Record that ``batch`` of ``epoch`` has been handed out."""

@@ -1,18 +1,18 @@
-"""The offline demo behind ``hear-abt demo``: make sounds, pre-train the cpu-tiny preset on them,
-export the weights and embed the sounds. Needs no network and no GPU (a minute or two on a laptop).
-
-Running it again in the same folder resumes (or reuses) the earlier run instead of starting over.
+"""The offline demo, ``python -m training.demo --workdir DIR``: make sounds, pre-train the cpu-tiny
+preset on them, export the weights and embed the sounds with ``hear-abt embed``. Needs no network
+and no GPU (a minute or two on a laptop). Running it again in the same folder resumes (or reuses)
+the earlier run instead of starting over.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-SR = 16000
 
 
 def synth_clips(out_dir: Path, n_per_kind: int = 16, seed: int = 0) -> list[Path]:
@@ -45,10 +45,11 @@ def synth_clips(out_dir: Path, n_per_kind: int = 16, seed: int = 0) -> list[Path
     return paths
 
 
-def run_demo(workdir: Path, steps: int = 200) -> None:
+def run_demo(workdir: Path, steps: int = 60) -> None:
     from hear_abt.cli import main as cli_main
 
     from . import export, prepare, pretrain
+    from .run_dir import RunDir
 
     workdir.mkdir(parents=True, exist_ok=True)
     audio_dir, data_dir, run_dir, model_dir = (workdir / n for n in ("audio", "data", "run", "model"))
@@ -57,13 +58,9 @@ def run_demo(workdir: Path, steps: int = 200) -> None:
     print("[2/5] preparing log-mel shards")
     prepare.main([str(audio_dir), str(data_dir), "--workers", "1"])
     print(f"[3/5] pre-training the cpu-tiny preset for {steps} steps")
-    resume = (run_dir / pretrain.RUN_FILE).is_file()
-    args = ["--run-dir", str(run_dir)]
-    args += (
-        ["--resume"]
-        if resume
-        else ["--preset", "cpu-tiny", "--data", str(data_dir), "--max-steps", str(steps), "batch_size=16"]
-    )
+    # The same command again: a finished run is reused, an interrupted one resumed.
+    args = ["--run-dir", str(run_dir), "--preset", "cpu-tiny", f"steps={steps}", "batch_size=16"]
+    args += ["--resume"] if RunDir(run_dir).run_file.is_file() else ["--data", str(data_dir)]
     if pretrain.main(args) != 0:
         raise SystemExit("pre-training failed; see the message above")
     print(f"[4/5] exporting weights to {model_dir}")
@@ -92,4 +89,29 @@ def run_demo(workdir: Path, steps: int = 200) -> None:
             indent=2,
         )
     )
+    print(
+        f"nearest_neighbour_same_kind: for each of the {len(kinds)} sounds, whether its nearest other sound "
+        "(cosine of scene embeddings) is of the same kind (note, chirp, burst, tremolo); 0.25 is chance."
+    )
     print(f"done. Loss curve: {run_dir / 'images' / 'loss_curve.png'}; weights: {model_dir}")
+    exe = Path(sys.executable)
+    print(
+        "next: embed your own files with "
+        f"`{exe.parent / 'hear-abt'} embed YOUR_FILES --weights {model_dir} --out emb.npz`, or check the HEAR "
+        f"API with `{exe.parent / 'hear-validator'} hear_abt -m {model_dir}` (after installing the HEAR tools)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__)
+    parser.add_argument(
+        "--workdir", default="demo_out", help="folder for the demo's audio, run, weights and embeddings"
+    )
+    parser.add_argument("--steps", type=int, default=60, help="pre-training steps of the cpu-tiny preset")
+    args = parser.parse_args(argv)
+    run_demo(Path(args.workdir).resolve(), steps=args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

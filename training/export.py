@@ -9,6 +9,7 @@ a model card README.md with the training settings, data and loss curve.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -17,10 +18,11 @@ from pathlib import Path
 import torch
 
 from hear_abt.config import ModelConfig
+from hear_abt.fileio import atomic_write_text
 from hear_abt.weights import WeightsError, save_pretrained
 
-from .checkpoint import LAST_NAME, load_checkpoint
-from .pretrain import RUN_FILE
+from .checkpoint import load_checkpoint
+from .run_dir import LAST_NAME, RunDir
 
 
 def model_card(
@@ -33,7 +35,8 @@ def model_card(
     repo_id: str,
 ) -> str:
     encoder = config.encoder
-    module = f"hear_abt.{encoder}" if encoder in ("audiontt", "vitc_b") else "hear_abt"
+    # A HEAR module of its own where one exists (hear_abt.audiontt, ...), else the generic one.
+    module = f"hear_abt.{encoder}" if importlib.util.find_spec(f"hear_abt.{encoder}") else "hear_abt"
     data = "unknown"
     if manifest:
         totals = manifest.get("totals", {})
@@ -77,11 +80,12 @@ def model_card(
 
 
 def export(run_dir: Path, out_dir: Path, checkpoint: Path | None = None, repo_id: str = "ORG/NAME") -> Path:
-    ckpt_path = checkpoint or run_dir / "checkpoints" / LAST_NAME
+    rd = RunDir(run_dir)
+    ckpt_path = checkpoint or rd.last
     if not ckpt_path.is_file():
         raise SystemExit(f"no checkpoint at {ckpt_path}; has the run written one yet?")
     state = load_checkpoint(ckpt_path)
-    run = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    run = rd.read_run() if rd.run_file.is_file() else {}
     config = ModelConfig.from_dict(state["model_config"])
     provenance = {**config.provenance, "step": state["step"], "total_steps": state["total_steps"]}
     config = ModelConfig(
@@ -94,7 +98,7 @@ def export(run_dir: Path, out_dir: Path, checkpoint: Path | None = None, repo_id
 
     model = hear_abt.load_model(out_dir)
     with torch.no_grad():
-        emb = hear_abt.get_scene_embeddings(torch.zeros(1, 16000), model)
+        emb = hear_abt.get_scene_embeddings(torch.zeros(1, config.frontend.sample_rate), model)
     if not torch.isfinite(emb).all():
         raise WeightsError(f"exported model in {out_dir} gives non-finite embeddings")
 
@@ -104,7 +108,7 @@ def export(run_dir: Path, out_dir: Path, checkpoint: Path | None = None, repo_id
     if curve.is_file():
         shutil.copyfile(curve, out_dir / "loss_curve.png")
     card = model_card(config, state, run, manifest, curve.is_file(), model.scene_embedding_size, repo_id)
-    (out_dir / "README.md").write_text(card)
+    atomic_write_text(out_dir / "README.md", card)
     return out_dir
 
 

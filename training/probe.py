@@ -12,12 +12,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
 
-from hear_abt.config import ModelConfig
+from hear_abt.audio import read_mono
+from hear_abt.config import SAMPLE_RATE, ModelConfig
 from hear_abt.embedder import ABTEmbedder
+
+# HEAR task folders keep each sample rate's audio under a folder named by the rate.
+AUDIO_FOLDER = str(SAMPLE_RATE)
 
 
 def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.ndarray, list[str]]:
@@ -26,10 +29,11 @@ def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.nd
     names = sorted(labels_by_file)[:max_clips]
     audio, labels = [], []
     for name in names:
-        wav, sr = sf.read(task_dir / "16000" / split / name, dtype="float32", always_2d=True)
-        if sr != 16000:
-            raise ValueError(f"{task_dir / '16000' / split / name} is {sr} Hz, expected 16000")
-        audio.append(wav.mean(axis=1))
+        path = task_dir / AUDIO_FOLDER / split / name
+        wav, sr = read_mono(path)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"{path} is {sr} Hz, expected {SAMPLE_RATE}")
+        audio.append(wav)
         label = labels_by_file[name]
         labels.append(label[0] if isinstance(label, list) else label)
     length = max(len(a) for a in audio)

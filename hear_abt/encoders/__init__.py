@@ -2,7 +2,8 @@
 
 from . import audiontt, vit  # noqa: F401  (registers the encoders)
 from .audiontt import AudioNTT
+from .base import Encoder
 from .registry import create_encoder, create_encoder_for, list_encoders, register_encoder
 from .vit import ViT
 
-__all__ = ["AudioNTT", "ViT", "create_encoder", "create_encoder_for", "list_encoders", "register_encoder"]
+__all__ = ["AudioNTT", "Encoder", "ViT", "create_encoder", "create_encoder_for", "list_encoders", "register_encoder"]

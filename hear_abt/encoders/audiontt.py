@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .base import Encoder
 from .registry import register_encoder
 
 
@@ -24,7 +25,8 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class AudioNTT(nn.Module):
+class AudioNTT(Encoder):
+    frame_features_supported = True
     # Each output frame sees input frames [4i - 3, 4i + 7): chunked passes add this much context.
     TIME_STRIDE = 4
     CONTEXT_BEFORE = 4
@@ -94,5 +96,6 @@ class AudioNTT(nn.Module):
 
 
 @register_encoder("audiontt")
-def audiontt(**kwargs) -> AudioNTT:
-    return AudioNTT(**kwargs)
+def audiontt(n_mels: int = 64, window_frames: int | None = None, **kwargs) -> AudioNTT:
+    # Fully convolutional in time: any input length, so window_frames is not needed.
+    return AudioNTT(n_mels=n_mels, **kwargs)

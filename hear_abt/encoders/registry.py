@@ -33,10 +33,8 @@ def create_encoder(name: str, **kwargs) -> nn.Module:
 
 
 def create_encoder_for(name: str, kwargs: dict, n_mels: int, window_frames: int) -> nn.Module:
-    """Build an encoder whose input size follows the front-end (shared by training and inference)."""
-    kwargs = dict(kwargs)
-    if name == "audiontt":
-        kwargs.setdefault("n_mels", n_mels)
-    else:
-        kwargs.setdefault("input_size", (n_mels, window_frames))
-    return create_encoder(name, **kwargs)
+    """Build an encoder whose input size follows the front-end (shared by training and inference).
+
+    Every factory takes ``n_mels`` and ``window_frames`` and uses what its architecture needs.
+    """
+    return create_encoder(name, n_mels=n_mels, window_frames=window_frames, **dict(kwargs))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Encoder
 from .registry import register_encoder
 
 # (width, depth, heads) of the standard sizes.
@@ -96,7 +97,7 @@ class ConvStem(nn.Module):
         return self.net(x)
 
 
-class ViT(nn.Module):
+class ViT(Encoder):
     def __init__(
         self,
         dim: int,
@@ -115,6 +116,8 @@ class ViT(nn.Module):
         self.input_size = input_size
         self.grid = (input_size[0] // patch[0], input_size[1] // patch[1])
         self.embed_dim = dim
+        self.input_frames = input_size[1]  # the positional grid fixes the input length
+        self.num_patches = self.grid[0] * self.grid[1]
         if conv_stem:
             self.patch_embed: nn.Module = ConvStem(patch, dim)
         else:
@@ -132,10 +135,6 @@ class ViT(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, F, T) -> (B, dim) [CLS] output.
@@ -157,8 +156,9 @@ class ViT(nn.Module):
         return self.norm(h)[:, 0]
 
 
-def _make(size: str, conv_stem: bool, **kwargs) -> ViT:
+def _make(size: str, conv_stem: bool, n_mels: int = 64, window_frames: int = 96, **kwargs) -> ViT:
     dim, depth, heads = VIT_SIZES[size]
+    kwargs.setdefault("input_size", (n_mels, window_frames))
     # Xiao et al. drop one transformer block from ViT_C to pay for the conv stem.
     depth = kwargs.pop("depth", depth - 1 if conv_stem else depth)
     return ViT(

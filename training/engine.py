@@ -1,0 +1,315 @@
+"""The training engine: one Barlow Twins step that ``pretrain``, the benchmark and the tests all run.
+
+``build`` makes a :class:`TrainState` (model, optimiser, scaler, sampler, augmenter and this rank's
+random streams) from a config and a dataset; ``train_step`` advances it by one step on a batch of
+crops; ``checkpoint_state`` / ``load_checkpoint_state`` save and restore it exactly, each rank's own
+streams (data position, augmentation generator, mixup bank, torch RNG) as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hear_abt.config import FrontendConfig, NormStats
+
+from .augment import ViewAugmenter
+from .config import TrainConfig
+from .data import CropSampler, ShardDataset
+from .loss import BarlowTwinsLoss, BarlowTwinsOutput
+from .model import BarlowTwinsModel
+from .monitor import embedding_std
+from .optim import build_optimizer, lr_factor, set_lr
+
+# Independent random streams of a rank, derived from (seed, rank, stream) so that ranks differ.
+_STREAMS = {"torch": 0, "augment": 1, "python": 2}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf; the step was not applied."""
+
+
+class TrainingSetupError(ValueError):
+    """The settings cannot train on this data or device; the message says what to change."""
+
+
+def rank_seed(seed: int, rank: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of one rank (distinct across ranks and streams)."""
+    state = np.random.SeedSequence([seed, rank, _STREAMS[stream]]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
+
+
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a grad scaler is needed)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None, False
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise TrainingSetupError("precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return torch.float16, True
+
+
+@dataclass
+class StepResult:
+    loss: float
+    on_diag: float
+    off_diag: float
+    embedding_std: float
+    c: torch.Tensor  # cross-correlation matrix of this step (for images)
+
+
+@dataclass
+class TrainState:
+    cfg: TrainConfig
+    model: nn.Module  # what forward is called on: the DDP wrapper under torchrun
+    net: BarlowTwinsModel  # the bare siamese network (encoder + projector)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    augmenter: ViewAugmenter
+    aug_gen: torch.Generator
+    loss_fn: BarlowTwinsLoss
+    sampler: CropSampler
+    norm: NormStats
+    frontend: FrontendConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    total_steps: int
+    warmup_steps: int
+    rank: int = 0
+    world_size: int = 1
+    step: int = 0
+    best_probe: float = float("-inf")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
+
+def run_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Steps of the run: ``cfg.steps`` when set, else ``cfg.epochs`` epochs."""
+    return cfg.steps if cfg.steps > 0 else max(1, round(cfg.epochs * steps_per_epoch))
+
+
+def build(
+    cfg: TrainConfig,
+    dataset: ShardDataset,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    prefetch: int = 2,
+) -> TrainState:
+    """Everything a run needs, on ``device``; under torchrun call it on every rank."""
+    if cfg.batch_size % world_size:
+        raise TrainingSetupError(
+            f"batch_size {cfg.batch_size} is not divisible by the world size {world_size}; "
+            f"use a multiple of {world_size}"
+        )
+    local_batch = cfg.batch_size // world_size
+    if len(dataset) // world_size < local_batch:
+        most = len(dataset) // world_size * world_size
+        raise TrainingSetupError(
+            f"{len(dataset)} clips do not fill one batch of {cfg.batch_size}"
+            + (f" over {world_size} ranks" if world_size > 1 else "")
+            + f": pass a smaller batch_size= (at most {most}) or prepare more clips"
+        )
+    sampler = CropSampler(
+        dataset,
+        local_batch,
+        cfg.crop_frames,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        prefetch=prefetch,
+    )
+    total_steps = run_length(cfg, len(sampler))
+    amp_dtype, use_scaler = autocast_settings(cfg.precision, device)
+
+    # Same initial weights on every rank (DDP also broadcasts rank 0's at construction).
+    torch.manual_seed(cfg.seed)
+    net = BarlowTwinsModel(cfg, dataset.frontend).to(device)
+    encoder = net.encoder
+    if encoder.input_frames is not None and cfg.crop_frames != encoder.input_frames:
+        raise TrainingSetupError(
+            f"{cfg.encoder} takes {encoder.input_frames}-frame inputs (its positional grid), "
+            f"so crop_frames={cfg.crop_frames} cannot be used; set crop_frames={encoder.input_frames}"
+        )
+    if cfg.augment.mask_ratio > 0 and not encoder.supports_masking:
+        raise TrainingSetupError(f"augment.mask_ratio needs a patch-token encoder; {cfg.encoder} has none")
+    model: nn.Module = net
+    if world_size > 1:
+        if device.type == "cuda":
+            # Global batch statistics in every BatchNorm, as in the single-process run.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = model
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(
+        cfg.optimizer, net, cfg.lr_weights, cfg.lr_biases, cfg.weight_decay, batch_size=cfg.batch_size
+    )
+    # Each rank's own streams: dropout masks, augmentation draws and Python's random differ per rank.
+    torch.manual_seed(rank_seed(cfg.seed, rank, "torch"))
+    random.seed(rank_seed(cfg.seed, rank, "python"))
+    aug_gen = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed, rank, "augment"))
+    model.train()
+    return TrainState(
+        cfg=cfg,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
+        augmenter=ViewAugmenter(cfg.augment),
+        aug_gen=aug_gen,
+        loss_fn=BarlowTwinsLoss(lambd=cfg.lambd, alpha=cfg.alpha),
+        sampler=sampler,
+        norm=dataset.norm,
+        frontend=dataset.frontend,
+        device=device,
+        amp_dtype=amp_dtype,
+        total_steps=total_steps,
+        warmup_steps=round(cfg.warmup_fraction * total_steps),
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def forward_loss(state: TrainState, crops: torch.Tensor) -> tuple[BarlowTwinsOutput, torch.Tensor]:
+    """Crops -> dataset normalisation -> two views -> encoder + projector -> loss (no update)."""
+    cfg = state.cfg
+    x = crops.to(state.device, non_blocking=True)
+    if not cfg.augment.ppn:  # PPN normalises by batch statistics inside the augmenter instead
+        x = state.norm.apply(x)
+    v1, v2 = state.augmenter(x, state.aug_gen)
+    encoder = state.net.encoder
+    keep = (
+        state.augmenter.keep_indices(
+            v2.shape[0], encoder.num_patches, state.step, state.total_steps, state.aug_gen
+        )
+        if encoder.supports_masking
+        else None
+    )
+    autocast = (
+        torch.autocast(state.device.type, dtype=state.amp_dtype)
+        if state.amp_dtype
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        z1, z2 = state.model(v1, v2, keep)
+    return state.loss_fn(z1, z2), z1  # the loss is computed in float32 inside
+
+
+def train_step(state: TrainState, crops: torch.Tensor) -> StepResult:
+    """One optimisation step on a batch of raw log-mel crops (B, 1, n_mels, crop_frames)."""
+    set_lr(
+        state.optimizer, lr_factor(state.step, state.total_steps, state.warmup_steps, state.cfg.lr_end_factor)
+    )
+    out, z1 = forward_loss(state, crops)
+    if not torch.isfinite(out.loss):
+        raise NonFiniteLoss(f"loss is {out.loss.item()} at step {state.step}")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(out.loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.step += 1
+    return StepResult(
+        loss=out.loss.item(),
+        on_diag=out.on_diag.item(),
+        off_diag=out.off_diag.item(),
+        embedding_std=embedding_std(z1),
+        c=out.c.detach(),
+    )
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+def rank_state(state: TrainState) -> dict[str, Any]:
+    """This rank's own streams: data position, augmentation generator and mixup bank, RNGs."""
+    py_version, py_internal, py_gauss = random.getstate()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "augment": state.aug_gen.get_state(),
+        # Python's state is a tuple of ints: stored as a list, which weights_only loading accepts.
+        "python": [py_version, list(py_internal), py_gauss],
+    }
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    return {
+        "rank": state.rank,
+        "sampler": state.sampler.state_dict(),
+        "augment": state.augmenter.state_dict(),
+        "rng": rng,
+    }
+
+
+def load_rank_state(state: TrainState, saved: dict[str, Any]) -> None:
+    if saved["rank"] != state.rank:
+        raise ValueError(f"rank {state.rank} was handed the state of rank {saved['rank']}")
+    state.sampler.load_state_dict(saved["sampler"])
+    state.augmenter.load_state_dict(saved["augment"])
+    rng = saved["rng"]
+    torch.set_rng_state(rng["torch"])
+    state.aug_gen.set_state(rng["augment"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rng and state.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], state.device)
+
+
+def checkpoint_state(state: TrainState, model_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The full state of the run on rank 0 (every rank's streams gathered into ``ranks``); None elsewhere.
+
+    Call it on every rank (it is a collective under torchrun).
+    """
+    local = rank_state(state)
+    if state.world_size > 1:
+        gathered: list[Any] | None = [None] * state.world_size if state.rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+    else:
+        gathered = [local]
+    if state.rank != 0:
+        return None
+    return {
+        "model_config": model_config,
+        "train_config": state.cfg.to_dict(),
+        "encoder": state.net.encoder.state_dict(),
+        "projector": state.net.projector.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "best_probe": state.best_probe,
+        "world_size": state.world_size,
+        "ranks": gathered,
+    }
+
+
+def load_checkpoint_state(state: TrainState, saved: dict[str, Any]) -> None:
+    """Restore a state written by :func:`checkpoint_state`; each rank takes its own streams."""
+    if saved.get("world_size", 1) != state.world_size:
+        raise TrainingSetupError(
+            f"the checkpoint was written by {saved.get('world_size', 1)} processes and this run has "
+            f"{state.world_size}: resume with the same number of processes (the data order and random "
+            "streams are per rank)"
+        )
+    if saved["total_steps"] != state.total_steps:
+        raise TrainingSetupError(
+            f"the checkpoint's run is {saved['total_steps']} steps long, this one {state.total_steps}"
+        )
+    state.net.encoder.load_state_dict(saved["encoder"])
+    state.net.projector.load_state_dict(saved["projector"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.step = int(saved["step"])
+    state.best_probe = float(saved.get("best_probe", float("-inf")))
+    load_rank_state(state, saved["ranks"][state.rank])
