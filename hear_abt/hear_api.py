@@ -20,6 +20,11 @@ class AudioInputError(ValueError):
     """The audio given to an embedding function is not what the HEAR API specifies."""
 
 
+# HEAR audio lies in [-1, 1]. Far beyond, float32 power spectra overflow (from about 1e17 the
+# embeddings are NaN); up to this bound every result is finite (the spectrum's power stays < 1e32).
+MAX_ABS_SAMPLE = 1e9
+
+
 def load_model(
     model_file_path: str | os.PathLike = "",
     *,
@@ -96,6 +101,14 @@ def _as_audio_tensor(audio: Any) -> torch.Tensor:
         bad = torch.nonzero(~finite).flatten().tolist()
         raise AudioInputError(
             f"audio has NaN or Inf samples in sound(s) {bad[:10]}; clean or drop them first"
+        )
+    peak = audio.abs().amax(dim=1)
+    if bool((peak > MAX_ABS_SAMPLE).any()):
+        bad = torch.nonzero(peak > MAX_ABS_SAMPLE).flatten().tolist()
+        raise AudioInputError(
+            f"audio in sound(s) {bad[:10]} has samples up to {float(peak.max()):.3g}, beyond the "
+            f"{MAX_ABS_SAMPLE:.0e} this model can compute with (float32 overflow would give NaN "
+            "embeddings); HEAR audio is float in [-1, 1]: scale it first"
         )
     return audio
 

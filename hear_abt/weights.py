@@ -3,10 +3,16 @@
 A released checkpoint is a Hub-style folder::
 
     config.json          ModelConfig fields + "weights_sha256" of the weights file
+                         + "config_sha256" of the config fields (canonical JSON, see config_sha256)
     model.safetensors    encoder tensors; its header metadata also carries the config
 
-Loading is strict (a missing or unexpected tensor is an error) and never unpickles a downloaded file:
-weights are safetensors, and training checkpoints are read with ``torch.load(weights_only=True)``.
+Loading is strict and never unpickles a downloaded file: weights are safetensors, and training
+checkpoints are read with ``torch.load(weights_only=True)``. Before any model is built, the config is
+validated (every field's type and range, the encoder dry-built on the ``meta`` device) and every
+tensor is checked against that encoder: no missing or unexpected name, the right shape, a floating
+dtype where the encoder has floating parameters (int64/bool weights are refused), and finite values.
+Integrity: the weights' sha256 and the config's sha256 are both checked; folders written before
+``config_sha256`` existed are checked against the config the (checksummed) weights file carries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from safetensors.torch import save as save_safetensors_bytes
 from .config import ModelConfig
 from .fileio import atomic_write_bytes
 
+WEIGHTS_SHA_KEY = "weights_sha256"
+CONFIG_SHA_KEY = "config_sha256"
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_ENV = "HEAR_ABT_WEIGHTS"
@@ -39,6 +48,9 @@ DEFAULT_HUB_WEIGHTS = {
     "audiontt": "hear-abt/abt-audiontt-audioset@v1",
     "vitc_b": "hear-abt/abt-vitc-b-audioset@v1",
 }
+# The defaults above that have actually been published. A bare load of an unpublished default fails
+# at once with instructions, instead of asking the Hub (and retrying) for a repo that does not exist.
+RELEASED_HUB_WEIGHTS: frozenset[str] = frozenset()
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
@@ -68,27 +80,109 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def config_sha256(fields: dict) -> str:
+    """sha256 of a config's fields (without the two checksums) as canonical JSON (sorted keys, compact)."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def save_pretrained(
     folder: str | os.PathLike, config: ModelConfig, state_dict: dict[str, torch.Tensor]
 ) -> Path:
-    """Write a Hub-style checkpoint folder (config.json + model.safetensors)."""
+    """Write a Hub-style checkpoint folder (config.json + model.safetensors), both checksummed."""
     folder = Path(folder).resolve()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     blob = save_safetensors_bytes(tensors, metadata={SAFETENSORS_CONFIG_KEY: config.to_json()})
     atomic_write_bytes(folder / WEIGHTS_NAME, blob)
-    meta = config.to_dict()
-    meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    fields = config.to_dict()
+    meta = {
+        **fields,
+        WEIGHTS_SHA_KEY: hashlib.sha256(blob).hexdigest(),
+        CONFIG_SHA_KEY: config_sha256(fields),
+    }
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return folder
 
 
-def _parse_config(data: dict, where: str) -> tuple[ModelConfig, str | None]:
-    data = dict(data)
-    sha = data.pop("weights_sha256", None)
+def _parse_config(data: object, where: str) -> tuple[ModelConfig, str | None]:
+    """Validate a config (type and range of every field) and check its own checksum if it has one."""
+    if not isinstance(data, dict):
+        raise WeightsError(
+            f"invalid hear-abt config in {where}: expected a JSON object, got {type(data).__name__}"
+        )
+    fields = dict(data)
+    sha = fields.pop(WEIGHTS_SHA_KEY, None)
+    expected_config_sha = fields.pop(CONFIG_SHA_KEY, None)
     try:
-        return ModelConfig.from_dict(data), sha
+        config = ModelConfig.from_dict(fields)
     except (ValueError, TypeError, KeyError) as err:
         raise WeightsError(f"invalid hear-abt config in {where}: {err}") from err
+    if expected_config_sha is not None:
+        try:
+            actual = config_sha256(fields)
+        except ValueError:  # NaN/Inf cannot be canonical JSON; from_dict refuses them anyway
+            actual = None
+        if actual != expected_config_sha:
+            raise WeightsError(
+                f"{where} does not match its {CONFIG_SHA_KEY}: the config was edited or corrupted after "
+                "export. Restore the original file (for a Hub download: delete the cached snapshot and retry)."
+            )
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        raise WeightsError(
+            f"invalid hear-abt config in {where}: {WEIGHTS_SHA_KEY} is not a sha256 hex digest"
+        )
+    return config, sha
+
+
+def check_state_dict(config: ModelConfig, state_dict: object, source: str) -> None:
+    """Check tensors against the encoder ``config`` describes, before anything is allocated for it.
+
+    The encoder is built on the ``meta`` device (no memory); every tensor must exist there with the
+    same shape, be floating point where the encoder's is (int64 or bool weights are refused), have
+    its exact dtype otherwise (BatchNorm's int64 counters), and hold only finite values.
+    """
+    from .encoders import create_encoder_for
+
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise WeightsError(f"weights in {source} are not a mapping of tensor names to tensors")
+    fe = config.frontend
+    with torch.device("meta"):
+        expected = create_encoder_for(
+            config.encoder, config.encoder_kwargs, fe.n_mels, fe.window_frames
+        ).state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = ([f"Missing keys {missing[:8]}"] if missing else []) + (
+            [f"Unexpected keys {unexpected[:8]}"] if unexpected else []
+        )
+        raise WeightsError(
+            f"weights in {source} do not fit the {config.encoder!r} encoder its config describes: "
+            + "; ".join(parts)
+        )
+    for name, want in expected.items():
+        got = state_dict[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise WeightsError(
+                f"weights in {source} do not fit the {config.encoder!r} encoder: size mismatch for {name}: "
+                f"the file has {tuple(got.shape)}, the config's encoder needs {tuple(want.shape)}"
+            )
+        if want.dtype.is_floating_point:
+            if not got.dtype.is_floating_point:
+                raise WeightsError(
+                    f"weights in {source}: tensor {name} is {got.dtype}, but the encoder needs floating point "
+                    f"({want.dtype}): the file is corrupt or was not written by hear-abt"
+                )
+            if not bool(torch.isfinite(got).all()):
+                bad = int((~torch.isfinite(got)).sum())
+                raise WeightsError(
+                    f"weights in {source}: tensor {name} holds {bad} NaN/Inf value(s): the model diverged "
+                    "or the file is corrupt; use an earlier checkpoint"
+                )
+        elif got.dtype != want.dtype:
+            raise WeightsError(f"weights in {source}: tensor {name} is {got.dtype}, expected {want.dtype}")
 
 
 def _read_safetensors(path: Path, expected_sha256: str | None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -121,23 +215,44 @@ def _load_folder(folder: Path, source: str) -> Checkpoint:
             raise WeightsError(
                 f"{folder} is not a hear-abt checkpoint folder: {p.name} is missing. {HOW_TO_GET_WEIGHTS}"
             )
-    try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{config_path} is not valid JSON ({err}).") from err
+    data = _read_json(config_path)
     config, sha = _parse_config(data, str(config_path))
-    tensors, _ = _read_safetensors(weights_path, sha)
+    tensors, metadata = _read_safetensors(weights_path, sha)
+    if sha is not None and SAFETENSORS_CONFIG_KEY in metadata:
+        # The weights file is checksummed and carries the config it was saved with: config.json must
+        # say the same (this also covers folders written before config_sha256 existed).
+        embedded = _embedded_config(metadata, weights_path)
+        if embedded != config:
+            raise WeightsError(
+                f"{config_path} differs from the config stored inside {weights_path.name} (checksummed): "
+                "config.json was edited or corrupted after export. Restore the original file."
+            )
     return Checkpoint(config, tensors, source)
+
+
+def _embedded_config(metadata: dict, path: Path) -> ModelConfig:
+    try:
+        data = json.loads(metadata[SAFETENSORS_CONFIG_KEY])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise WeightsError(
+            f"{path}: the hear-abt config in its safetensors metadata is not valid JSON ({err})."
+        ) from err
+    return _parse_config(data, f"the metadata of {path}")[0]
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path} is not valid JSON ({err}).") from err
 
 
 def _load_safetensors_file(path: Path) -> Checkpoint:
     tensors, metadata = _read_safetensors(path, None)
     if SAFETENSORS_CONFIG_KEY in metadata:
-        config, _ = _parse_config(json.loads(metadata[SAFETENSORS_CONFIG_KEY]), str(path))
+        config = _embedded_config(metadata, path)
     elif (path.parent / CONFIG_NAME).is_file():
-        config, _ = _parse_config(
-            json.loads((path.parent / CONFIG_NAME).read_text()), str(path.parent / CONFIG_NAME)
-        )
+        config, _ = _parse_config(_read_json(path.parent / CONFIG_NAME), str(path.parent / CONFIG_NAME))
     else:
         raise WeightsError(f"{path} carries no hear-abt config (no metadata, no config.json beside it).")
     return Checkpoint(config, tensors, str(path))
@@ -153,6 +268,9 @@ def _load_training_checkpoint(path: Path) -> Checkpoint:
         raise WeightsError(
             f"{path} is not a hear-abt training checkpoint (no format={TRAINING_CHECKPOINT_FORMAT!r})."
         )
+    missing = [key for key in ("model_config", "encoder") if key not in state]
+    if missing:
+        raise WeightsError(f"training checkpoint {path} lacks {missing}: it is incomplete or corrupt.")
     config, _ = _parse_config(state["model_config"], str(path))
     return Checkpoint(config, state["encoder"], str(path))
 
@@ -177,7 +295,8 @@ def _load_hub(repo_id: str, revision: str | None, source: str) -> Checkpoint:
         ) from err
     except RepositoryNotFoundError as err:
         raise WeightsError(
-            f"Hub repo {repo_id!r} was not found (or is private: log in with `hf auth login`). {HOW_TO_GET_WEIGHTS}"
+            f"Hub repo {repo_id!r} does not exist (the Hub answered 'not found'; if it is private, log in "
+            f"with `hf auth login`). {HOW_TO_GET_WEIGHTS}"
         ) from err
     except RevisionNotFoundError as err:
         raise WeightsError(f"revision {revision!r} does not exist in Hub repo {repo_id!r}.") from err
@@ -199,7 +318,16 @@ def parse_hub_id(text: str) -> tuple[str, str | None] | None:
 
 
 def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint from a folder, a ``.safetensors``/training checkpoint file, or a Hub id."""
+    """Read and check a checkpoint from a folder, a ``.safetensors``/training checkpoint file, or a Hub id.
+
+    The config is validated and every tensor checked (:func:`check_state_dict`) before returning.
+    """
+    checkpoint = _read_checkpoint(source)
+    check_state_dict(checkpoint.config, checkpoint.state_dict, checkpoint.source)
+    return checkpoint
+
+
+def _read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -222,5 +350,22 @@ def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
 
 
 def default_weights_source(family: str) -> str:
-    """HEAR_ABT_WEIGHTS if set, else the pinned default Hub checkpoint for this encoder family."""
-    return os.environ.get(WEIGHTS_ENV) or DEFAULT_HUB_WEIGHTS[family]
+    """HEAR_ABT_WEIGHTS if set, else the pinned default Hub checkpoint for this encoder family.
+
+    Raises :class:`WeightsError` at once, without any network request, when that default has not
+    been published yet (see :data:`RELEASED_HUB_WEIGHTS`).
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return env
+    if family not in DEFAULT_HUB_WEIGHTS:
+        raise WeightsError(
+            f"no default weights for encoder family {family!r}; pass a checkpoint. {HOW_TO_GET_WEIGHTS}"
+        )
+    default = DEFAULT_HUB_WEIGHTS[family]
+    if default not in RELEASED_HUB_WEIGHTS:
+        raise WeightsError(
+            f"No released hear-abt {family} weights exist yet: the default {default.split('@')[0]!r} has not "
+            f"been published, so load_model() needs a checkpoint. {HOW_TO_GET_WEIGHTS}"
+        )
+    return default

@@ -6,11 +6,16 @@
 #   3. hear-validator on hear_abt, hear_abt.audiontt and hear_abt.vitc_b, each loading its weights
 #      from the stand-in through HEAR_ABT_WEIGHTS (a bare load_model(), as the validator calls it);
 #   4. heareval's embeddings + predictions runners on the small dev-suite tasks (one scene, one event),
-#      through training.hear_eval, which collects the scores into a table.
-# Usage: PYTHON=.venv/bin/python scripts/ci_hear_tools.sh   (from the repository root; PATH must hold
-# the venv's bin for hear-validator)
+#      through abt_eval.hear_eval, which collects the scores into a table.
+# Usage: scripts/ci_hear_tools.sh   (after `python -m abt_eval.hear_tools install`)
+#   PYTHON   the venv's interpreter (default: .venv/bin/python of this checkout); hear-validator is taken
+#            from the same bin folder
 set -euo pipefail
-PYTHON="${PYTHON:-python}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+VALIDATOR="$(dirname "$PYTHON")/hear-validator"
+[[ -x "$VALIDATOR" ]] || { echo "error: $VALIDATOR not found: run $PYTHON -m abt_eval.hear_tools install" >&2; exit 2; }
 WORK="${HEAR_CI_WORK:-$(mktemp -d)}"
 export TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_DISABLE_TELEMETRY=1 HF_HOME="$WORK/hf-home"
 echo "work dir: $WORK"
@@ -18,10 +23,10 @@ echo "work dir: $WORK"
 step() { echo; echo "---- $* ($(date -u +%H:%M:%S))"; }
 
 step "dev suite (small) and a short pre-training run"
-"$PYTHON" -m training.devsuite "$WORK/tasks" --small --tasks speech-words,events
+"$PYTHON" -m abt_eval.devsuite "$WORK/tasks" --small --tasks speech-words,events
 "$PYTHON" -m training.prepare "$WORK/tasks" "$WORK/data" --workers 2 --no-progress
-"$PYTHON" -m training.pretrain --preset cpu-tiny --data "$WORK/data" --run-dir "$WORK/run" --max-steps 40 \
-    --no-progress batch_size=16 log_every=10
+"$PYTHON" -m training.pretrain --preset cpu-tiny --data "$WORK/data" --run-dir "$WORK/run" \
+    --no-progress steps=40 batch_size=16 log_every=10
 "$PYTHON" -m training.export "$WORK/run" "$WORK/models/tiny"
 "$PYTHON" - "$WORK/models/vitc-b" <<'PY'
 import sys
@@ -46,15 +51,15 @@ export "$(grep -o 'HF_ENDPOINT=.*' "$WORK/hub.log")"
 echo "HF_ENDPOINT=$HF_ENDPOINT"
 
 step "hear-validator"
-HEAR_ABT_WEIGHTS=hear-abt-ci/tiny-audiontt@v1 hear-validator hear_abt
-HEAR_ABT_WEIGHTS=hear-abt-ci/tiny-audiontt@v1 hear-validator hear_abt.audiontt
-HEAR_ABT_WEIGHTS=hear-abt-ci/random-vitc-b@v1 hear-validator hear_abt.vitc_b
+HEAR_ABT_WEIGHTS=hear-abt-ci/tiny-audiontt@v1 "$VALIDATOR" hear_abt
+HEAR_ABT_WEIGHTS=hear-abt-ci/tiny-audiontt@v1 "$VALIDATOR" hear_abt.audiontt
+HEAR_ABT_WEIGHTS=hear-abt-ci/random-vitc-b@v1 "$VALIDATOR" hear_abt.vitc_b
 # The same weights from a local folder, through the validator's -m option.
-hear-validator hear_abt -m "$WORK/models/tiny"
+"$VALIDATOR" hear_abt -m "$WORK/models/tiny"
 
 step "heareval embeddings + predictions runners"
-"$PYTHON" -m training.hear_eval --tasks-dir "$WORK/tasks" --out "$WORK/eval" \
+"$PYTHON" -m abt_eval.hear_eval --tasks-dir "$WORK/tasks" --out "$WORK/eval" \
     --model tiny=hear-abt-ci/tiny-audiontt@v1 --grid faster
-"$PYTHON" -m training.hear_eval --tasks-dir "$WORK/tasks" --out "$WORK/eval-fast" --tasks events \
+"$PYTHON" -m abt_eval.hear_eval --tasks-dir "$WORK/tasks" --out "$WORK/eval-fast" --tasks events \
     --model tiny=hear-abt-ci/tiny-audiontt@v1 --grid faster --model-options '{"timestamp_mode": "fast"}'
 echo "HEAR tool checks passed"

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.augment import (
     AugmentConfig,
@@ -27,14 +28,49 @@ def _batch(seed: int = 0, b: int = B) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("make", [MixupBank, RandomResizeCrop, RandomLinearFader, GaussianNoise, PrePostNorm])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_blocks_keep_shape_and_dtype(make, dtype):
-    block = make()
-    x = _batch().to(dtype)
+def test_float64_input_gets_the_float32_draws(make):
+    # The draws must not depend on the data's dtype: float64 in, float64 out, same augmentation.
+    b32, b64 = make(), make()
+    x = _batch()
     for _ in range(2):  # second call exercises a filled mixup bank
-        y = block(x, _gen())
-        assert y.shape == x.shape and y.dtype == dtype
-        assert torch.isfinite(y).all()
+        y32, y64 = b32(x, _gen(9)), b64(x.double(), _gen(9))
+        assert y64.dtype == torch.float64
+        torch.testing.assert_close(y64.float(), y32, rtol=1e-4, atol=1e-4)
+
+
+# --- per-sample draws: shared checks ----------------------------------------------------------------
+
+N = 4000  # samples for the statistical checks (fixed seeds: deterministic, with wide margins)
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def _check_per_sample_uniform(v: torch.Tensor, low: float, high: float) -> None:
+    """``v`` (N,): one draw per sample, documented as U(low, high), for a batch of identical inputs.
+
+    A draw shared by the batch, or a function of the sample's index (e.g. a linspace), or a narrower
+    or shifted range, fails one of these.
+    """
+    n, span = len(v), high - low
+    tol = 1e-5 * max(span, 1.0)
+    assert (v >= low - tol).all() and (v <= high + tol).all(), (v.min(), v.max())
+    assert v.min() < low + 0.01 * span and v.max() > high - 0.01 * span  # covers the whole range
+    assert abs(v.double().mean().item() - (low + high) / 2) < 0.03 * span
+    assert abs(v.double().std().item() - span / math.sqrt(12)) < 0.03 * span
+    assert len(torch.unique(v)) > 0.99 * n  # not shared across the batch
+    index = torch.arange(n)
+    assert abs(_corr(v, index)) < 0.1  # not a function of the index
+    assert abs(_corr(v[:-1], v[1:])) < 0.1  # neighbours independent
+
+
+def _check_seed_matters(draw, agree: float = 0.0) -> None:
+    """``draw(seed)`` -> (N,) draws: another seed must give other draws at (almost) every index
+    (``agree``: the chance that two independent draws are equal, for discrete ones)."""
+    a, b = draw(1), draw(2)
+    assert (a != b).float().mean() > 0.99 - 1.5 * agree
 
 
 # --- mixup ---------------------------------------------------------------------------------------
@@ -96,6 +132,57 @@ def test_mixup_state_round_trip_reproduces_draws():
         MixupBank(size=7).load_state_dict(state)
 
 
+K_PARTNERS, A_HI, A_LO = 16, 3.0, 1.5
+
+
+def _one_hot_bank(ratio: float) -> MixupBank:
+    """A bank of K partners; partner k is A_HI at pixel k, A_LO at pixel K + k and 0 elsewhere."""
+    partners = torch.zeros(K_PARTNERS, 1, F_ * T_)
+    ks = torch.arange(K_PARTNERS)
+    partners[ks, 0, ks] = A_HI
+    partners[ks, 0, K_PARTNERS + ks] = A_LO
+    bank = MixupBank(ratio=ratio, size=K_PARTNERS)
+    bank.push(partners.view(K_PARTNERS, 1, F_, T_))
+    return bank
+
+
+def _mixup_draws(seed: int, ratio: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(partner, ratio, output) of each sample of N identical (all-zero) inputs, read off the output."""
+    y = _one_hot_bank(ratio).mix(torch.zeros(N, 1, F_, T_), _gen(seed)).view(N, -1)
+    partner = y[:, :K_PARTNERS].argmax(dim=1)
+    # At partner k's A_HI pixel: y = log((1 - l) + l * exp(A_HI)), so l = (exp(y) - 1) / (exp(A_HI) - 1).
+    lam = (y[torch.arange(N), partner].double().exp() - 1) / (math.exp(A_HI) - 1)
+    return partner, lam, y
+
+
+def test_mixup_ratio_is_per_sample_uniform_and_follows_log_mixup_exp():
+    ratio = 0.2
+    partner, lam, y = _mixup_draws(0, ratio)
+    _check_per_sample_uniform(lam, 0.0, ratio)
+    # Hand computation at the partner's second pixel, with the ratio read off the first one.
+    expected = torch.log((1 - lam) + lam * math.exp(A_LO))
+    torch.testing.assert_close(y[torch.arange(N), K_PARTNERS + partner].double(), expected, atol=1e-5, rtol=0)
+    # Where neither input has energy, the mix is log(1 - l + l) = 0.
+    rest = y.clone()
+    rest[torch.arange(N), partner] = 0
+    rest[torch.arange(N), K_PARTNERS + partner] = 0
+    assert rest.abs().max() < 1e-5
+    _check_seed_matters(lambda seed: _mixup_draws(seed, ratio)[1])
+
+
+def test_mixup_partner_is_per_sample_uniform_over_the_bank():
+    partner, lam, _ = _mixup_draws(0)
+    counts = torch.bincount(partner, minlength=K_PARTNERS).double()
+    expected = N / K_PARTNERS
+    assert (counts > 0.75 * expected).all() and (counts < 1.25 * expected).all(), counts
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 45  # 15 degrees of freedom: p < 1e-4 beyond this
+    assert abs(_corr(partner, torch.arange(N))) < 0.1  # not a function of the index
+    assert (partner[1:] != partner[:-1]).float().mean() > 0.85  # not shared by neighbours
+    assert abs(_corr(partner, lam)) < 0.1  # partner and ratio drawn independently
+    _check_seed_matters(lambda seed: _mixup_draws(seed)[0], agree=1 / K_PARTNERS)
+
+
 # --- random resize crop --------------------------------------------------------------------------
 
 
@@ -105,18 +192,77 @@ def test_rrc_unit_scales_are_identity():
     torch.testing.assert_close(rrc(x, _gen()), x, rtol=0, atol=1e-5)
 
 
-def test_rrc_time_crop_geometry():
-    # A ramp in time stays a ramp under bilinear resampling: each output must read a window of
-    # exactly half the input length, starting inside the input.
-    ramp = torch.arange(T_, dtype=torch.float32).expand(B, 1, F_, T_).clone()
-    rrc = RandomResizeCrop(virtual_crop_scale=(1.0, 1.0), freq_scale=(1.0, 1.0), time_scale=(0.5, 0.5))
-    y = rrc(ramp, _gen(3))
-    length = 0.5 * T_
-    slope = (y[..., -1] - y[..., 0]) / (T_ - 1)
-    torch.testing.assert_close(slope, torch.full_like(slope, (length - 1) / (T_ - 1)), rtol=0, atol=1e-4)
-    assert (y[..., 0] >= -1e-4).all() and (y[..., 0] <= T_ - length + 1e-4).all()
-    torch.testing.assert_close(y, y[:, :, :1].expand_as(y))  # frequency untouched
-    assert len({round(v, 3) for v in y[:, 0, 0, 0].tolist()}) > 1  # each sample its own crop
+def _rrc_draws(seed: int, rrc: RandomResizeCrop, size=(64, 96)) -> tuple[torch.Tensor, ...]:
+    return rrc.draw(N, size, _gen(seed), torch.device("cpu"))
+
+
+def test_rrc_crop_scales_and_positions_are_per_sample_uniform():
+    rrc = RandomResizeCrop()  # BYOL-A: canvas 1.0 x 1.5, scales U(0.6, 1.5) on both axes
+    f_len, f_start, t_len, t_start = _rrc_draws(0, rrc)
+    # Time: the canvas (1.5) holds every drawn length, so length / 96 ~ U(0.6, 1.5).
+    _check_per_sample_uniform(t_len / 96, 0.6, 1.5)
+    # ... and the start is uniform over the positions that keep the crop inside the canvas.
+    _check_per_sample_uniform(t_start / (1.5 * 96 - t_len), 0.0, 1.0)
+    # Frequency: the canvas is the input (1.0), so lengths above it are clamped to the full height.
+    full = f_len == 64
+    assert abs(full.double().mean().item() - 0.5 / 0.9) < 0.03
+    _check_per_sample_uniform(f_len[~full] / 64, 0.6, 1.0)
+    assert (f_start[full] == 0).all()
+    _check_per_sample_uniform(f_start[~full] / (64 - f_len[~full]), 0.0, 1.0)
+    # The four draws are independent of each other.
+    t_rel = t_start / (1.5 * 96 - t_len)
+    assert max(abs(_corr(f_len, t_len)), abs(_corr(t_len, t_rel)), abs(_corr(f_len, t_rel))) < 0.1
+    for k in range(4):  # frequency draws agree where both seeds clamp to the full height
+        _check_seed_matters(
+            lambda seed, k=k: _rrc_draws(seed, rrc)[k], agree=(0.5 / 0.9) ** 2 if k < 2 else 0
+        )
+
+
+def test_rrc_call_applies_its_draws_and_each_sample_gets_its_own_crop():
+    rrc = RandomResizeCrop()
+    x = _batch(b=1).expand(8, -1, -1, -1).contiguous()  # eight identical inputs
+    y = rrc(x, _gen(4))
+    torch.testing.assert_close(y, rrc.warp(x, *rrc.draw(8, (F_, T_), _gen(4), x.device)), rtol=0, atol=0)
+    flat = y.flatten(1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(8) for j in range(i))
+
+
+def test_rrc_bilinear_warp_reads_the_hand_computed_positions():
+    # A ramp in time stays a ramp under bilinear resampling: output u of a crop of `length` pixels
+    # starting at canvas position `start` reads input position start - pad + u (length - 1) / (T - 1).
+    ramp = torch.arange(T_, dtype=torch.float32).expand(3, 1, F_, T_).clone()
+    rrc = RandomResizeCrop(virtual_crop_scale=(1.0, 1.5), interpolation="bilinear")
+    pad = (1.5 * T_ - T_) / 2
+    t_len, t_start = torch.tensor([12.0, 17.5, 20.0]), torch.tensor([pad, pad + 2.25, pad + 4.0])
+    y = rrc.warp(ramp, torch.full((3,), float(F_)), torch.zeros(3), t_len, t_start)
+    u = torch.arange(T_)
+    expected = (t_start - pad)[:, None] + u[None] * ((t_len - 1) / (T_ - 1))[:, None]
+    torch.testing.assert_close(y[:, 0], expected[:, None].expand(3, F_, T_), rtol=0, atol=1e-4)
+
+
+def test_rrc_bicubic_matches_byol_a_style_resize_of_the_cut_out_crop():
+    # BYOL-A cuts the crop out of a zero canvas and resizes it bicubically (align_corners=True).
+    # Away from the crop's edges (where BYOL-A repeats the crop's edge pixels and we read the real
+    # neighbours) the two must agree.
+    x = _batch(3, b=1)
+    rrc = RandomResizeCrop(virtual_crop_scale=(1.0, 1.5))
+    canvas = torch.zeros(1, 1, F_, 36)
+    canvas[..., 6:30] = x
+    (fs, fl), (ts, tl) = (2, 10), (3, 20)
+    crop = canvas[..., fs : fs + fl, ts : ts + tl]
+    ref = F.interpolate(crop, size=(F_, T_), mode="bicubic", align_corners=True)
+    ours = rrc.warp(x, *(torch.tensor([float(v)]) for v in (fl, fs, tl, ts)))
+
+    def interior(length: int, size: int) -> torch.Tensor:
+        c = torch.arange(size) * (length - 1) / (size - 1)
+        return (c.floor() >= 1) & (c.floor() + 2 <= length - 1)
+
+    keep = interior(fl, F_)[:, None] & interior(tl, T_)[None]
+    assert keep.sum() > 100
+    torch.testing.assert_close(ours[0, 0][keep], ref[0, 0][keep], rtol=0, atol=1e-4)
+    # ... and bicubic is not bilinear (the default really is BYOL-A's interpolation).
+    lin = RandomResizeCrop(virtual_crop_scale=(1.0, 1.5), interpolation="bilinear")
+    assert not torch.allclose(lin.warp(x, *(torch.tensor([float(v)]) for v in (fl, fs, tl, ts))), ours)
 
 
 def test_rrc_virtual_canvas_pads_with_zeros():
@@ -135,25 +281,47 @@ def test_fader_zero_gain_is_identity():
     torch.testing.assert_close(RandomLinearFader(gain=0.0)(x, _gen()), x, rtol=0, atol=0)
 
 
-def test_fader_adds_a_linear_ramp_within_gain():
+def _fader_ends(seed: int, gain: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y = RandomLinearFader(gain)(torch.zeros(N, 1, 2, T_), _gen(seed))
+    return y[:, 0, 0, 0], y[:, 0, 0, -1], y
+
+
+def test_fader_ends_are_independent_per_sample_uniform_and_the_ramp_is_linear():
     gain = 0.7
-    x = _batch()
-    d = RandomLinearFader(gain)(x, _gen(4)) - x
-    torch.testing.assert_close(d, d[:, :, :1].expand_as(d), atol=1e-6, rtol=0)  # same for every bin
-    ramp = d[:, 0, 0]  # (B, T)
-    second_diff = ramp[:, 2:] - 2 * ramp[:, 1:-1] + ramp[:, :-2]
-    assert second_diff.abs().max() < 1e-5
-    assert (ramp[:, [0, -1]].abs() <= gain + 1e-6).all()
-    assert ramp.abs().max() > 0.01
+    head, tail, y = _fader_ends(0, gain)
+    _check_per_sample_uniform(head, -gain, gain)
+    _check_per_sample_uniform(tail, -gain, gain)
+    assert abs(_corr(head, tail)) < 0.1  # two independent ends, not tail = head or tail = -head
+    # Hand computation: a straight line from head to tail over the T frames, the same in every bin.
+    expected = head[:, None] + (tail - head)[:, None] * torch.arange(T_) / (T_ - 1)
+    torch.testing.assert_close(y[:, 0], expected[:, None].expand(N, 2, T_), rtol=0, atol=1e-5)
+    _check_seed_matters(lambda seed: _fader_ends(seed, gain)[0])
+    _check_seed_matters(lambda seed: _fader_ends(seed, gain)[1])
 
 
-def test_noise_zero_alpha_is_identity_and_bounded_otherwise():
+def test_noise_zero_alpha_is_identity():
     x = _batch()
     torch.testing.assert_close(GaussianNoise(alpha=0.0)(x, _gen()), x, rtol=0, atol=0)
-    big = torch.zeros(B, 1, 64, 96)
-    d = GaussianNoise(alpha=0.2)(big, _gen(1))
-    per_sample_std = d.flatten(1).std(dim=1)
-    assert (per_sample_std < 0.2 * 1.1).all() and per_sample_std.max() > 0.0
+
+
+def test_noise_level_is_per_sample_uniform_and_the_noise_independent():
+    alpha, n = 0.2, 600
+    d = GaussianNoise(alpha)(torch.zeros(n, 1, 64, 96), _gen(1)).flatten(1).double()
+    level = d.std(dim=1)  # 6144 values per sample: each level read to about 1 %
+    assert level.max() < alpha * 1.03 and level.min() < 0.02 * alpha and level.max() > 0.95 * alpha
+    assert abs(level.mean().item() - alpha / 2) < 0.05 * alpha
+    assert abs(level.std().item() - alpha / math.sqrt(12)) < 0.05 * alpha
+    assert len(torch.unique(level)) == n
+    assert abs(_corr(level, torch.arange(n))) < 0.15 and abs(_corr(level[:-1], level[1:])) < 0.15
+    assert d.mean(dim=1).abs().max() < 4 * alpha / math.sqrt(6144)  # zero-mean noise
+    # Each sample's noise field is its own: unit-level fields of different samples are uncorrelated.
+    unit = (d / level[:, None])[:50]
+    cross = (unit @ unit.T) / unit.shape[1]
+    assert (cross - torch.diag(torch.diag(cross))).abs().max() < 0.08
+    # Gaussian: the standardised values' 4th moment is 3.
+    assert abs(unit.pow(4).mean().item() - 3.0) < 0.1
+    other = GaussianNoise(alpha)(torch.zeros(n, 1, 64, 96), _gen(2)).flatten(1).double().std(dim=1)
+    assert (other != level).all()
 
 
 def test_prepostnorm_standardises_the_batch():

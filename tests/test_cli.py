@@ -1,6 +1,13 @@
 """`hear-abt embed` and `hear-abt info` on real files: formats, rates, channels, failures."""
 
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -87,3 +94,165 @@ def test_info_prints_the_config(tmp_path, capsys):
     assert main(["info", str(weights)]) == 0
     printed = capsys.readouterr().out
     assert '"encoder": "audiontt"' in printed and "parameters:" in printed
+
+
+def _tone_file(path, rate=16000, seconds=0.5, amplitude=0.2, freq=440.0):
+    t = np.arange(int(rate * seconds)) / rate
+    subtype = "FLOAT" if str(path).endswith(".wav") else None
+    sf.write(path, (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype=subtype)
+    return path
+
+
+def test_embed_a_folder_recursively_and_one_bad_file_never_aborts_the_others(tmp_path, capsys):
+    weights = make_weights(tmp_path / "w")
+    audio = tmp_path / "audio"
+    (audio / "sub" / "deeper").mkdir(parents=True)
+    _tone_file(audio / "b.wav")
+    _tone_file(audio / "sub" / "odd48001.wav", rate=48001)  # the rate that took GBs to resample
+    _tone_file(audio / "sub" / "deeper" / "odd44101.flac", rate=44101)
+    (audio / "sub" / "broken.wav").write_bytes(b"RIFF not really a wav")
+    huge = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 1e19
+    sf.write(audio / "sub" / "huge.wav", huge, 16000, subtype="FLOAT")  # finite, but overflows float32 power
+    (audio / "notes.txt").write_text("not audio")
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    out = tmp_path / "emb.npz"
+    status = main(["embed", str(audio), str(empty), "--out", str(out), "--weights", str(weights), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "broken.wav" in err and "huge.wav" in err and "empty_folder" in err and "holds no audio" in err
+    assert "1e+19" in err or "beyond" in err  # the huge file's reason names the problem
+    data = np.load(out)
+    names = [p.split("/")[-1] for p in data["files"]]
+    assert names == ["b.wav", "odd44101.flac", "odd48001.wav"]  # sorted by relative path; no .txt
+    assert sorted(Path(p).name for p in data["failed"]) == ["broken.wav", "empty_folder", "huge.wav"]
+    assert np.isfinite(data["scene_embeddings"]).all() and np.isfinite(data["timestamp_embeddings"]).all()
+    assert list(data["timestamp_offsets"]) == [0, 10, 20, 30]  # 0.5 s each at 16 kHz
+
+
+def test_non_finite_embeddings_are_reported_never_written(tmp_path, capsys, monkeypatch):
+    """Whatever makes an embedding NaN (here: weights patched after loading), the file is reported."""
+    weights = make_weights(tmp_path / "w")
+    _tone_file(tmp_path / "a.wav")
+    _tone_file(tmp_path / "b.wav")
+    real_load = hear_abt.load_model
+
+    def poisoned(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        with torch.no_grad():
+            next(model.encoder.parameters()).fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(hear_abt, "load_model", poisoned)
+    out = tmp_path / "nan.npz"
+    assert (
+        main(
+            [
+                "embed",
+                str(tmp_path / "a.wav"),
+                str(tmp_path / "b.wav"),
+                "--out",
+                str(out),
+                "--weights",
+                str(weights),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "a.wav" in err and "not finite" in err
+    data = np.load(out)
+    assert len(data["files"]) == 0 and len(data["failed"]) == 2 and "scene_embeddings" not in data
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    _tone_file(tmp_path / "a.wav")
+    (tmp_path / "plainfile").write_text("x")
+    calls = []
+    monkeypatch.setattr(hear_abt, "load_model", lambda *a, **k: calls.append(a))
+    for out, why in [
+        (tmp_path / "plainfile" / "emb.npz", "not a folder"),
+        (tmp_path / "adir.npz", "is a folder"),
+        (tmp_path / "emb.txt", "must end in .npz"),
+    ]:
+        if out.name == "adir.npz":
+            out.mkdir()
+        with pytest.raises(SystemExit) as exc:
+            main(["embed", str(tmp_path / "a.wav"), "--out", str(out), "--weights", "x/y"])
+        assert why in str(exc.value)
+    assert calls == []  # refused before the model was even loaded
+
+
+def test_bogus_or_missing_device_is_a_clear_error(tmp_path):
+    _tone_file(tmp_path / "a.wav")
+    with pytest.raises(SystemExit, match="not a torch device"):
+        main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), "--device", "gpu9"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), "--device", "cuda"])
+
+
+def test_interrupted_write_leaves_the_old_output_intact(tmp_path, monkeypatch):
+    weights = make_weights(tmp_path / "w")
+    _tone_file(tmp_path / "a.wav")
+    out = tmp_path / "emb.npz"
+    out.write_bytes(b"previous results")
+    real_savez = np.savez
+
+    def savez_then_ctrl_c(file, **arrays):
+        real_savez(file, **arrays)
+        file.write(b"half")  # bytes reached the temporary file, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", savez_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        main(["embed", str(tmp_path / "a.wav"), "--out", str(out), "--weights", str(weights), "--quiet"])
+    assert out.read_bytes() == b"previous results"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "emb.npz", "w"]  # no temporary left
+
+
+def test_sigkill_in_the_middle_of_writing_leaves_the_old_output_intact(tmp_path):
+    """A real process, killed with SIGKILL after half of the .npz bytes were written."""
+    weights = make_weights(tmp_path / "w")
+    _tone_file(tmp_path / "a.wav", seconds=2.0)
+    out = tmp_path / "emb.npz"
+    out.write_bytes(b"previous results")
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        import numpy as np
+        real_savez = np.savez
+
+        def savez_and_die(file, **arrays):
+            import io
+            buf = io.BytesIO()
+            real_savez(buf, **arrays)
+            file.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        np.savez = savez_and_die
+        from hear_abt.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    args = ["embed", str(tmp_path / "a.wav"), "--out", str(out), "--weights", str(weights), "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert out.read_bytes() == b"previous results"
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".emb.npz.")]
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the half-written temporary, beside it
+    # A complete run afterwards replaces the old file with a readable one.
+    assert main(args) == 0
+    assert np.load(out)["scene_embeddings"].shape == (1, 8 * 16 + 32)
+
+
+def test_info_says_which_parameters_it_counts(tmp_path, capsys):
+    weights = make_weights(tmp_path / "w")
+    assert main(["info", str(weights)]) == 0
+    printed = capsys.readouterr().out
+    model = hear_abt.load_model(weights)
+    learnable = sum(p.numel() for p in model.encoder.parameters())
+    assert f"encoder parameters: {learnable:,}" in printed
+    assert "projector" in printed and "not exported" in printed

@@ -227,7 +227,9 @@ def test_fast_mode_streaming_equals_pooling_whole_clip_frame_features(ntt_dir):
     clip = audio_batch(n=1, seconds=4.0)[0]
     emb, _ = hear_abt.get_timestamp_embeddings(clip[None], model)
     mel = F.pad(
-        model.frontend(F.pad(clip, (48 * 160, 48 * 160))[None]), (0, 4), value=model.config.frontend.silence_value
+        model.frontend(F.pad(clip, (48 * 160, 48 * 160))[None]),
+        (0, 4),
+        value=model.config.frontend.silence_value,
     )
     with torch.no_grad():
         frames = model.encoder.frame_features(((mel + 6.0) / 3.5)[:, None])[0]

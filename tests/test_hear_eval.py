@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,20 +252,21 @@ class FakeHeareval:
     def __call__(self, cmd, log_file, env, cwd):
         cmd = list(cmd)
         self.cmds.append(cmd)
-        mode = cmd[2]
+        assert cmd[:3] == [sys.executable, "-m", "abt_eval.heareval_compat"]
+        mode = cmd[3]
         if mode == "embeddings":
-            opt = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
+            opt = {cmd[i]: cmd[i + 1] for i in range(5, len(cmd) - 1) if cmd[i].startswith("--")}
             task = opt["--task"]
             self.calls.append((mode, task, dict(env)))
             log_file.open("a").write("embedding...\n")
-            d = Path(opt["--embeddings-dir"]) / cmd[3] / task
+            d = Path(opt["--embeddings-dir"]) / cmd[4] / task
             d.mkdir(parents=True, exist_ok=True)
             (d / "task_metadata.json").write_text(
                 (Path(opt["--tasks-dir"]) / task / "task_metadata.json").read_text()
             )
             (d / ".done.embeddings").touch()
             return 0
-        d = Path(cmd[3])
+        d = Path(cmd[4])
         self.calls.append((mode, d.name, dict(env)))
         if d.name in self.fail_tasks:
             log_file.open("a").write("Traceback ...\nValueError: boom from the probe\n")
@@ -319,10 +322,9 @@ def test_resume_skips_cached_pairs(tmp_path, tasks_dir, tiny_model, monkeypatch,
     assert "| voices | top1_acc ↑ | 0.6000 | 0.4000 | +50.0% |" in text
     assert (out / "results.png").is_file() and (out / "results.csv").is_file()
     assert (out / "random-init" / "abt" / "model.safetensors").is_file()
-    emb_cmd = fake.cmds[0]
-    assert emb_cmd[1].endswith("scripts/heareval_compat.py") and emb_cmd[emb_cmd.index("--model") + 1] == str(
-        tiny_model
-    )
+    emb_cmd = fake.cmds[0]  # no repository path: the compat runner is a module of the installed package
+    assert emb_cmd[3:5] == ["embeddings", "hear_abt"]
+    assert emb_cmd[emb_cmd.index("--model") + 1] == str(tiny_model)
     assert fake.cmds[1][-2:] == ["--grid", "faster"]
 
     # Rerun: everything cached, nothing run.
@@ -374,10 +376,49 @@ def test_bad_arguments(tmp_path, tasks_dir, tiny_model, monkeypatch):
     assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--model", f"a={tiny_model}"]) == 2
     assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--tasks", "nope"]) == 2
     assert hear_eval.main(base + ["--model", "a=./not/there"]) == 2
+    assert hear_eval.main(base + ["--model", "a=not a/hub id"]) == 2  # neither a path nor a Hub id
     with pytest.raises(EvalError, match="NAME=SOURCE"):
         hear_eval.parse_model_arg("justapath")
-    with pytest.raises(EvalError, match="heareval_compat.py is missing"):
-        hear_eval.compat_script(tmp_path)
+
+
+def test_compat_runner_is_a_module_of_the_package():
+    import importlib.util
+
+    assert importlib.util.find_spec(hear_eval.COMPAT_MODULE) is not None
+    proc = subprocess.run(
+        [sys.executable, "-m", hear_eval.COMPAT_MODULE], capture_output=True, text=True, cwd="/"
+    )
+    assert proc.returncode != 0 and "usage: python -m abt_eval.heareval_compat" in proc.stderr
+
+
+# ---- installing the HEAR tools ---------------------------------------------------------------------
+
+
+def test_hear_tool_needs_come_from_the_extra():
+    requires = [
+        "torch>=2.1",
+        'pytest; extra == "dev"',
+        'pytorch-lightning<2; extra == "hear-tools"',
+        "tensorflow-cpu; extra == 'hear_tools'",
+        'pandas ; python_version >= "3.9" and extra == "hear-tools"',
+    ]
+    assert hear_tools.extra_requirements(requires) == ["pytorch-lightning<2", "tensorflow-cpu", "pandas"]
+    assert hear_tools.requirement_name("pytorch_lightning<2") == "pytorch-lightning"
+    needs = hear_tools.hear_tool_needs()  # the installed hear-abt's metadata
+    assert "pytorch-lightning<2" in needs and "tensorflow-cpu" in needs
+    assert "tensorflow-cpu" not in hear_tools.hear_tool_needs(no_tf=True)
+    tools, rest = hear_tools.install_commands(python="py")
+    assert tools[:3] == ["py", "-m", "pip"] and "--no-deps" in tools and "--ignore-requires-python" in tools
+    assert tools[-2:] == ["hearvalidator==2021.0.6", "heareval==2021.1.3"]
+    assert rest[-len(needs) :] == needs and "--no-deps" not in rest
+
+
+def test_installed_hear_tools_extra_matches_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    listed = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["hear-tools"]
+    installed = hear_tools.hear_tool_needs()
+    assert sorted(installed) == sorted(listed), 'reinstall: .venv/bin/pip install -e ".[dev]"'
 
 
 # ---- the random-init baseline ---------------------------------------------------------------------
@@ -409,19 +450,13 @@ def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
 # ---- one real run ----------------------------------------------------------------------------------
 
 
-def _have_real_tools() -> bool:
-    import importlib.util
-    import shutil
-
-    return importlib.util.find_spec("heareval") is not None and all(
-        shutil.which(p) for p in ("espeak-ng", "sox")
-    )
-
-
-@pytest.mark.skipif(not _have_real_tools(), reason="needs heareval, espeak-ng and sox")
+@pytest.mark.heartools
 def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
-    """The real runners (through scripts/heareval_compat.py) on one tiny pair: about 20 s on 2 cores."""
-    from training import devsuite
+    """The real runners (through abt_eval.heareval_compat) on one tiny pair: about 20 s on 2 cores."""
+    pytest.importorskip(
+        "heareval", reason="HEAR tools not installed (.venv/bin/python -m abt_eval.hear_tools install)"
+    )
+    from abt_eval import devsuite
 
     devsuite.build_task(tmp_path / "tasks", "speech-words", small=True, seed=0, jobs=2)
     torch.manual_seed(0)

@@ -86,3 +86,25 @@ def test_bare_load_model_without_released_weights_says_how_to_get_some(hf_hub_en
     message = str(err.value)
     assert DEFAULT_HUB_WEIGHTS["audiontt"].split("@")[0] in message
     assert "training.pretrain" in message and WEIGHTS_ENV in message
+
+
+def test_bare_load_model_fails_at_once_without_asking_the_hub(hf_hub_env, monkeypatch, capsys):
+    import hear_abt.audiontt
+    import hear_abt.vitc_b
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    for load in (hear_abt.load_model, hear_abt.audiontt.load_model, hear_abt.vitc_b.load_model):
+        with pytest.raises(WeightsError, match="No released hear-abt .* weights exist yet") as err:
+            load()
+        assert "has not been published" in str(err.value) and WEIGHTS_ENV in str(err.value)
+    assert sum(hf_hub_env.server.requests.values()) == 0  # no request, hence no retries either
+    from hear_abt.cli import main
+
+    assert main(["info"]) == 2
+    assert "No released hear-abt audiontt weights exist yet" in capsys.readouterr().err
+
+
+def test_hub_404_says_the_repo_does_not_exist(published):
+    with pytest.raises(WeightsError, match="'abt-test/no-such-repo' does not exist") as err:
+        hear_abt.load_model("abt-test/no-such-repo@v1")
+    assert "training.pretrain" in str(err.value)  # and what to do instead

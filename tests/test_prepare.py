@@ -151,7 +151,7 @@ def test_dataset_and_crop_shapes(prepared):
 def test_short_clip_padded_with_silence(prepared):
     ds = ShardDataset(prepared)
     silence = math.log(FrontendConfig().log_offset)
-    assert ds.silence_value == silence
+    assert ds.frontend.silence_value == silence
     short = int(np.argmin(ds.clip_length))
     length = int(ds.clip_length[short])
     assert length < 96

@@ -302,6 +302,18 @@ def assert_same_tree(a, b, where=""):
         assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
+def processes_running(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker`` (the launcher and every rank of one run)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_on_every_rank(
     corpus, tmp_path
 ):
@@ -324,13 +336,18 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the launcher and both ranks die together
     )
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # The launcher and both ranks at once (torchrun starts each rank in a session of its own).
+    for pid in processes_running(str(killed)):
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 10
+    while processes_running(str(killed)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not processes_running(str(killed)), "a rank survived the kill"
     interrupted_at = load_checkpoint(ckpt)["step"]
     assert interrupted_at < steps, "the run finished before it could be killed"
 
@@ -343,6 +360,8 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
         stdin=subprocess.DEVNULL,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = [int(r.split(",")[0]) for r in (killed / "metrics.csv").read_text().splitlines()[1:]]
+    assert logged == list(range(1, steps + 1))  # each step once: the redone ones replaced
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(ckpt)
     assert a["step"] == b["step"] == steps and a["world_size"] == b["world_size"] == 2

@@ -12,6 +12,7 @@ from hear_abt.config import FORMAT_VERSION, ModelConfig, NormStats
 from hear_abt.embedder import ABTEmbedder
 from hear_abt.weights import (
     CONFIG_NAME,
+    CONFIG_SHA_KEY,
     TRAINING_CHECKPOINT_FORMAT,
     WEIGHTS_ENV,
     WEIGHTS_NAME,
@@ -143,3 +144,102 @@ def test_mismatched_shapes_are_an_error(tmp_path, state):
     save_file(bad, path, metadata={"hear_abt_config": CONFIG.to_json()})
     with pytest.raises(WeightsError, match="size mismatch"):
         hear_abt.load_model(path)
+
+
+# ------------------------------------------------------------------ hostile configs and tensors
+
+
+def _edit_config(folder, edit):
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    edit(meta)
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+
+
+def test_config_json_carries_a_config_checksum_and_an_edit_is_caught(folder):
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    assert len(meta[CONFIG_SHA_KEY]) == 64
+    _edit_config(
+        folder, lambda m: m["norm"].update(mean=-3.0)
+    )  # plausible, well-formed, but not what was trained
+    with pytest.raises(WeightsError, match="edited or corrupted"):
+        load_checkpoint(folder)
+
+
+def test_old_folder_without_config_checksum_loads_and_an_edit_is_still_caught(folder):
+    _edit_config(folder, lambda m: m.pop(CONFIG_SHA_KEY))  # as written before config_sha256 existed
+    assert load_checkpoint(folder).config == CONFIG
+    _edit_config(folder, lambda m: m["norm"].update(std=2.5))
+    with pytest.raises(WeightsError, match="differs from the config stored inside model.safetensors"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda m: m["encoder_kwargs"].update(dim=10**7), "encoder_kwargs['dim']"),
+        (lambda m: m["encoder_kwargs"].update(depth="1"), "encoder_kwargs['depth'] must be an integer"),
+        (lambda m: m["frontend"].update(n_fft=2**40), "frontend.n_fft"),
+        (lambda m: m["frontend"].update(n_mels=10**6), "frontend.n_mels"),
+        (lambda m: m["frontend"].update(hop_length=0), "frontend.hop_length"),
+        (lambda m: m["norm"].update(mean=float("nan")), "norm.mean must be finite"),
+        (lambda m: m["norm"].update(std=float("inf")), "norm.std must be finite"),
+        (lambda m: m.update(encoder_kwargs={"depth": 1, "bogus": 3}), "unexpected keyword argument 'bogus'"),
+        (lambda m: m["frontend"].update(bogus=3), "unknown fields ['bogus']"),
+    ],
+)
+def test_absurd_or_mistyped_config_fields_are_named_before_anything_is_built(folder, edit, field):
+    _edit_config(folder, lambda m: (m.pop(CONFIG_SHA_KEY), edit(m)))
+    with pytest.raises(WeightsError, match="invalid hear-abt config") as err:
+        load_checkpoint(folder)
+    assert field in str(err.value)
+
+
+def test_config_that_is_not_an_object_is_a_clear_error(folder):
+    (folder / CONFIG_NAME).write_text("[1, 2, 3]")
+    with pytest.raises(WeightsError, match="expected a JSON object, got list"):
+        load_checkpoint(folder)
+
+
+def test_lone_safetensors_with_non_json_metadata_is_a_clear_error(tmp_path, state):
+    path = tmp_path / "bad-meta.safetensors"
+    save_file(state, path, metadata={"hear_abt_config": "{not json"})
+    with pytest.raises(WeightsError, match="metadata is not valid JSON"):
+        load_checkpoint(path)
+
+
+def test_training_checkpoint_missing_its_keys_is_a_clear_error(tmp_path, state):
+    path = tmp_path / "partial.pt"
+    torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "encoder": state}, path)
+    with pytest.raises(WeightsError, match=r"lacks \['model_config'\]"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda t: t.to(torch.int64), "is torch.int64, but the encoder needs floating point"),
+        (lambda t: t > 0, "is torch.bool, but the encoder needs floating point"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "NaN/Inf"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "NaN/Inf"),
+    ],
+)
+def test_wrong_dtype_and_non_finite_weights_are_refused(tmp_path, state, make_bad, message):
+    name = "norm.weight"
+    bad = {k: make_bad(v) if k == name else v for k, v in state.items()}
+    folder = save_pretrained(tmp_path / "bad", CONFIG, bad)
+    with pytest.raises(WeightsError, match=message) as err:
+        hear_abt.load_model(folder)
+    assert name in str(err.value)
+
+
+def test_nan_normalisation_statistics_are_refused_in_every_format(tmp_path, state):
+    meta = json.loads(CONFIG.to_json())
+    meta["norm"]["std"] = float("nan")
+    path = tmp_path / "nan-norm.safetensors"
+    save_file(state, path, metadata={"hear_abt_config": json.dumps(meta)})
+    with pytest.raises(WeightsError, match="norm.std must be finite"):
+        load_checkpoint(path)
+    pt = tmp_path / "nan-norm.pt"
+    torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "model_config": meta, "encoder": state}, pt)
+    with pytest.raises(WeightsError, match="norm.std must be finite"):
+        load_checkpoint(pt)

@@ -1,13 +1,8 @@
 """Batched view augmentations for (B, 1, F, T) normalised log-mel, run on the training device.
 
-Every random draw comes from an explicit ``torch.Generator`` passed to each call, so a seed
-reproduces a run and saving ``gen.get_state()`` (plus the mixup bank's ``state_dict()``) is enough to
-resume it. Draws are made on the generator's device and moved to the data's: a CPU generator works
-for GPU data, but a generator on the data's device avoids copying the Gaussian noise.
-
-The blocks follow BYOL-A (Niizumi et al.), which ABT reuses (paper, section 3 and Appendix C.1):
-mixup with past inputs, random resize crop, random linear fader, optional Gaussian noise and the
-optional pre-/post-normalisation by batch statistics.
+BYOL-A's blocks as ABT uses them (mixup with past inputs, random resize crop, random linear fader,
+plus the ablations' Gaussian noise and pre-/post-normalisation). Every draw is per sample and comes
+from the ``torch.Generator`` passed to each call. Sources and choices: ``docs/augmentations.md``.
 """
 
 from __future__ import annotations
@@ -38,14 +33,11 @@ def _check_batch(x: Tensor) -> None:
 
 
 class MixupBank:
-    """BYOL-A's mixup: blend each input with a random past input, in the linear-power domain.
+    """BYOL-A's log-mixup-exp: blend each input with a random past input, in the linear-power domain.
 
     ``y = log((1 - l) * exp(x) + l * exp(b))`` with ``l ~ U(0, ratio)`` per sample and ``b`` drawn
-    uniformly from a FIFO bank of the last ``size`` un-augmented inputs. Like BYOL-A, this is applied
-    to *normalised* log-mel: exp() of a standardised value is the power spectrum up to a constant
-    exponent and gain, which still makes it a soft "louder of the two" mix and keeps values bounded
-    (``max(x, b) >= y >= log(1 - l) + x``). It is evaluated as a ``logaddexp``, which is stable and
-    returns ``x`` exactly when ``l = 0``. With an empty bank the input passes through unchanged.
+    uniformly, per sample, from a FIFO bank of the last ``size`` un-augmented inputs. Evaluated as a
+    ``logaddexp`` (stable; exactly ``x`` when ``l = 0``). An empty bank passes the input through.
     """
 
     def __init__(self, ratio: float = 0.2, size: int = 2048):

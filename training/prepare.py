@@ -41,7 +41,9 @@ FSD50K development set (40,966 clips of 0.3-30 s)::
     python -m training.prepare FSD50K.dev_audio data/fsd50k_dev --workers 4
 
 Interrupting and rerunning the same command resumes: finished shards are kept and only the rest
-are decoded. Unreadable, empty or non-finite files are logged, skipped and listed in the manifest.
+are decoded. Unreadable, empty or non-finite files (NaN/Inf samples, or samples so large that the
+log-mel overflows) are logged by name, skipped and listed in the manifest; the manifest is never
+written with non-finite (or zero) statistics: prepare stops with a message instead.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import sys
@@ -61,13 +64,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hear_abt.audio import load_audio
+from hear_abt import audio as _audio
+from hear_abt.audio import AUDIO_EXTENSIONS, load_audio
 from hear_abt.config import FrontendConfig
+from hear_abt.fileio import atomic_open
 from hear_abt.frontend import LogMelFrontend
 
 logger = logging.getLogger("training.prepare")  # not __main__ under `python -m`
@@ -79,9 +83,18 @@ DEFAULT_CLIPS_PER_SHARD = 2048  # ~256 MB per shard of 10 s clips; ~800 shards f
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 
-AUDIO_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "oga", "aiff", "aif", "au") + (
-    ("mp3",) if "MP3" in sf.available_formats() else ()
-)
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "PrepareError",
+    "PrepareSummary",
+    "combine_stats",
+    "find_audio_files",
+    "prepare",
+]
+
+
+class PrepareError(ValueError):
+    """The corpus cannot give usable normalisation statistics (no frames, constant or non-finite)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +126,8 @@ def find_audio_files(src: Path) -> tuple[Path, list[str]]:
     """Return (root, sources): sources are paths relative to root (or absolute) in shard order."""
     src = src.resolve()
     if src.is_dir():
-        suffixes = {"." + ext for ext in AUDIO_EXTENSIONS}
-        found = []
-        for folder, _dirs, files in os.walk(src, followlinks=True):
-            for name in files:
-                if Path(name).suffix.lower() in suffixes:
-                    found.append((Path(folder) / name).relative_to(src).as_posix())
-        return src, sorted(found)
+        # The one audio finder (hear_abt.audio, shared with `hear-abt embed`): regular files only.
+        return src, [p.relative_to(src).as_posix() for p in _audio.find_audio_files(src)]
     if src.is_file():
         lines = src.read_text(encoding="utf-8").splitlines()
         sources = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -138,6 +146,7 @@ def _fingerprint(frontend: FrontendConfig, max_samples: Optional[int], sources: 
         "frontend": dataclasses.asdict(frontend),
         "max_samples": max_samples,
         "sources": list(sources),
+        "resampler": _audio.RESAMPLE_ID,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -166,6 +175,12 @@ def _process_file(task: tuple[str, str, Optional[int]]) -> _ClipResult:
             wav = wav[:max_samples]
         with torch.inference_mode():
             logmel = _FRONTEND(torch.from_numpy(wav)[None])[0].numpy()  # (n_mels, frames) float32
+        if not np.isfinite(logmel).all():
+            # Finite samples, but so loud (|x| ~ 1e18 and up) that the float32 power spectrum overflows.
+            raise FloatingPointError(
+                f"its log-mel is not finite (peak sample {float(np.abs(wav).max()):.3g}; audio should lie "
+                "in [-1, 1]): the file is corrupt or mis-scaled"
+            )
         values = logmel.astype(np.float64)
         return _ClipResult(
             source=source,
@@ -205,13 +220,9 @@ def _imap_results(tasks: list[tuple[str, str, Optional[int]]], workers: int) -> 
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary sibling then rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """``write(f)`` into ``path`` atomically (hear_abt.fileio): a crash never leaves a half-written file."""
+    with atomic_open(path, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_shard(
@@ -278,12 +289,30 @@ def combine_stats(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Dataset mean/std (population) of the log-mel values from per-shard count/sum/sumsq."""
     count = sum(r["stats"]["count"] for r in records)
     if count == 0:
-        raise ValueError("no audio frames: cannot compute normalisation statistics")
+        raise PrepareError(
+            "no audio frames: cannot compute normalisation statistics (every file was skipped?)"
+        )
     total = sum(r["stats"]["sum"] for r in records)
     total_sq = sum(r["stats"]["sumsq"] for r in records)
     mean = total / count
     var = max(total_sq / count - mean * mean, 0.0)
-    return {"mean": mean, "std": var**0.5}
+    stats = {"mean": mean, "std": var**0.5}
+    if not all(math.isfinite(v) for v in stats.values()):
+        bad = [
+            r["name"]
+            for r in records
+            if not all(map(math.isfinite, (r["stats"]["sum"], r["stats"]["sumsq"])))
+        ]
+        raise PrepareError(
+            f"normalisation statistics are not finite ({stats}); shard(s) {bad[:5]} hold non-finite values. "
+            "Rebuild them with --overwrite (files with non-finite log-mel are skipped)."
+        )
+    if stats["std"] < 1e-6:
+        raise PrepareError(
+            f"the log-mel values have std {stats['std']:.3g}: the corpus is (nearly) constant, e.g. all "
+            "silence, and cannot be normalised. Add real audio."
+        )
+    return stats
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -305,8 +334,9 @@ def prepare(
     frontend = FrontendConfig()
     out_dir = Path(out_dir).resolve()
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    for leftover in (out_dir / SHARD_DIR).glob("*.tmp.*"):  # from an interrupted run
-        leftover.unlink()
+    for pattern in (".*.tmp", "*.tmp.*"):  # temporaries of an interrupted run (this and older versions)
+        for leftover in (out_dir / SHARD_DIR).glob(pattern):
+            leftover.unlink()
     root, sources = find_audio_files(Path(src))
     if not sources:
         raise FileNotFoundError(f"no audio files found in {src} (extensions: {', '.join(AUDIO_EXTENSIONS)})")
@@ -441,15 +471,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = prepare(
-        Path(args.src).resolve(),
-        Path(args.out_dir).resolve(),
-        workers=args.workers,
-        clips_per_shard=args.clips_per_shard,
-        max_seconds_per_clip=args.max_seconds_per_clip,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = prepare(
+            Path(args.src).resolve(),
+            Path(args.out_dir).resolve(),
+            workers=args.workers,
+            clips_per_shard=args.clips_per_shard,
+            max_seconds_per_clip=args.max_seconds_per_clip,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (PrepareError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     line = (
         f"prepared {summary.clips} clips ({summary.hours:.2f} hours) in {summary.shards} shards; "
         f"skipped {summary.skipped} files (see {summary.manifest_path.name})"

@@ -6,4 +6,12 @@ from .base import Encoder
 from .registry import create_encoder, create_encoder_for, list_encoders, register_encoder
 from .vit import ViT
 
-__all__ = ["AudioNTT", "Encoder", "ViT", "create_encoder", "create_encoder_for", "list_encoders", "register_encoder"]
+__all__ = [
+    "AudioNTT",
+    "Encoder",
+    "ViT",
+    "create_encoder",
+    "create_encoder_for",
+    "list_encoders",
+    "register_encoder",
+]

@@ -1,16 +1,14 @@
 """ViT and ViT_C encoders for log-mel spectrograms.
 
 ViT_C follows Xiao et al. 2021 ("Early convolutions help transformers see better"): the patchify
-convolution is replaced by a stack of stride-2 3x3 conv/BN/ReLU layers and a final 1x1 conv, and one
-transformer block is removed to keep the compute comparable. Patches of 16 (frequency) x 8 (time)
-frames turn a 64 x 96 input into 4 x 12 tokens. A learnable [CLS] token is prepended, fixed 2-D
-sinusoidal positional encodings are added to the patch tokens, and the output is the [CLS] token
-after the final LayerNorm (paper, section 4).
+convolution is replaced by a stack of 3x3 conv/BN/ReLU layers with Xiao et al.'s channels for each
+model width and a final 1x1 conv, and one transformer block is removed to keep the compute
+comparable. Patches of 16 (frequency) x 8 (time) frames turn a 64 x 96 input into 4 x 12 tokens.
+A learnable [CLS] token is prepended, fixed 2-D sinusoidal positional encodings are added to the
+patch tokens, and the output is the [CLS] token after the final LayerNorm (paper, section 4).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -70,20 +68,60 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ConvStem(nn.Module):
-    """Stride-2 3x3 conv/BN/ReLU layers down to the patch grid, then a 1x1 conv to the width."""
+# Xiao et al. 2021, ViT_C model designs: the 3x3 conv channels of the ViT_C stems, by model width.
+# ViTC-1GF/-4GF (ViT-T/-S widths) use four stride-2 convs; ViTC-18GF/-36GF (ViT-B/-L widths) a deeper
+# stem whose convs are stride 2 where the channels grow and stride 1 where they repeat.
+XIAO_STEM_CHANNELS = {
+    192: (24, 48, 96, 192),
+    384: (48, 96, 192, 384),
+    768: (64, 128, 128, 256, 256, 512),
+    1024: (64, 128, 128, 256, 256, 512),
+}
 
-    def __init__(self, patch: tuple[int, int], dim: int):
-        super().__init__()
-        pf, pt = patch
-        if pf & (pf - 1) or pt & (pt - 1):
+
+def stem_channels_for(dim: int) -> tuple[int, ...]:
+    """Xiao et al.'s stem channels for a ViT of width ``dim``; other widths follow the -1GF/-4GF
+    pattern (dim/8, dim/4, dim/2, dim)."""
+    if dim in XIAO_STEM_CHANNELS:
+        return XIAO_STEM_CHANNELS[dim]
+    return tuple(max(dim // k, 1) for k in (8, 4, 2, 1))
+
+
+def stem_strides(channels: tuple[int, ...], patch: tuple[int, int]) -> list[tuple[int, int]]:
+    """Per-conv (frequency, time) strides that downsample by ``patch`` on each axis.
+
+    Xiao et al.'s stride-2 convs are the first one and those that grow the channels. An axis that
+    needs k halvings takes them at the first k of those convs (then, if it needs more, at the
+    remaining convs in order): for 16 x 8 patches the frequency axis uses all four stride-2 convs
+    and the time axis the first three, keeping full time resolution in the last one.
+    """
+    grows = [i for i, c in enumerate(channels) if i == 0 or c > channels[i - 1]]
+    order = grows + [i for i in range(len(channels)) if i not in grows]
+    per_axis = []
+    for side in patch:
+        if side < 1 or side & (side - 1):
             raise ValueError(f"ViT_C patch sides must be powers of two, got {patch}")
-        n_layers = max(int(math.log2(pf)), int(math.log2(pt)))
+        halvings = side.bit_length() - 1
+        if halvings > len(channels):
+            raise ValueError(
+                f"a patch side of {side} needs {halvings} stride-2 convs, but the stem {channels} has "
+                f"{len(channels)}; pass stem_channels with more entries"
+            )
+        chosen = set(order[:halvings])
+        per_axis.append([2 if i in chosen else 1 for i in range(len(channels))])
+    return list(zip(*per_axis))
+
+
+class ConvStem(nn.Module):
+    """Xiao et al.'s convolutional stem: 3x3 conv/BN/ReLU layers down to the patch grid, then a
+    1x1 conv to the transformer width."""
+
+    def __init__(self, patch: tuple[int, int], dim: int, channels: tuple[int, ...] | None = None):
+        super().__init__()
+        channels = tuple(channels) if channels else stem_channels_for(dim)
         layers: list[nn.Module] = []
         c_in = 1
-        for i in range(n_layers):
-            stride = (2 if (1 << i) < pf else 1, 2 if (1 << i) < pt else 1)
-            c_out = max(dim // (2 ** (n_layers - 1 - i)) // 2, 16)
+        for c_out, stride in zip(channels, stem_strides(channels, tuple(patch))):
             layers += [
                 nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
@@ -91,6 +129,7 @@ class ConvStem(nn.Module):
             ]
             c_in = c_out
         layers.append(nn.Conv2d(c_in, dim, 1))
+        self.channels = channels
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +145,7 @@ class ViT(Encoder):
         patch: tuple[int, int] = (16, 8),
         input_size: tuple[int, int] = (64, 96),
         conv_stem: bool = True,
+        stem_channels: tuple[int, ...] | None = None,
     ):
         super().__init__()
         patch = tuple(patch)
@@ -119,7 +159,7 @@ class ViT(Encoder):
         self.input_frames = input_size[1]  # the positional grid fixes the input length
         self.num_patches = self.grid[0] * self.grid[1]
         if conv_stem:
-            self.patch_embed: nn.Module = ConvStem(patch, dim)
+            self.patch_embed: nn.Module = ConvStem(patch, dim, stem_channels)
         else:
             self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))

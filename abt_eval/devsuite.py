@@ -1,304 +1,50 @@
 """A small HEAR-format development suite made from real sounds synthesised on this machine.
 
-    python -m training.devsuite OUT_DIR [--small] [--seed 0] [--tasks speech-words,pitch] [--jobs N]
+    python -m abt_eval.devsuite OUT_DIR [--small] [--seed 0] [--tasks speech-words,pitch] [--jobs N]
 
-writes, for each task, the layout that heareval's runners read::
-
-    OUT_DIR/<task>/task_metadata.json      task_name, mode, embedding_type, prediction_type, split_mode,
-                                           splits, sample_duration, evaluation, ...
-    OUT_DIR/<task>/labelvocabulary.csv     idx,label
-    OUT_DIR/<task>/{train,valid,test}.json scene: {filename: [label]}; event: {filename: [{label,start,end}]} (ms)
-    OUT_DIR/<task>/16000/<split>/*.wav     16 kHz mono 16-bit PCM, all exactly `sample_duration` long
-    OUT_DIR/<task>/generation.json         how each file was made (voice, program, pitch, ...): not read by heareval
-    OUT_DIR/<task>/.complete               written last; a task whose marker matches the request is skipped
-
-Nothing else is written at the top of OUT_DIR: ``heareval.embeddings.runner`` treats every entry there
-as a task.
-
-Tasks (full / ``--small`` sizes):
-
-* ``speech-words``: 20 English words (espeak-ng; 10 with --small: yes no up down left right on off stop go,
-  then bed bird cat dog four five nine tree house wow), 30 / 6 speakers (an accent + voice variant + base
-  pitch and speed); splits hold out speakers, so valid and test voices are unseen. 600 / 60 clips. Scene,
-  multiclass, ``top1_acc``; 1.0 s clips.
-* ``instrument``: 15 General MIDI instruments (fluidsynth + FluidR3 GM) with confusable families (piano;
-  vibraphone/marimba; organ; nylon/steel guitar; violin/viola/cello; trumpet/trombone; oboe/clarinet;
-  piccolo/flute), 36 / 6 pitches each; splits hold out pitches. 540 / 90 clips. Scene, multiclass,
-  ``top1_acc``; 1.0 s clips.
-* ``pitch``: MIDI pitch of one note, 24 classes C3..B4 (12 C4..B4 with --small) from 12 / 4 instruments;
-  splits hold out instruments. 288 / 48 clips. Scene, multiclass, ``pitch_acc`` and ``chroma_acc``; 1.0 s
-  clips.
-* ``events``: 5.0 s clips over low noise with 1-3 non-overlapping events (the words yes/no/stop by split
-  speakers, and piano/trumpet/marimba notes), labels with onset/offset in ms; 120 / 12 clips. Event,
-  multilabel, ``event_onset_200ms_fms`` and ``segment_1s_er``.
-
-Recording conditions of the scene tasks (since version 3; ``SCENE_CONDITIONS``, drawn per clip in the
-design and recorded in generation.json, applied by ``scene_mix``): the sound at a random offset (words
-anywhere in the clip; notes start at 0-0.3 s and are held 0.3-0.7 s), background noise at a random SNR
-relative to the sound's active part (speech 0-15 dB, notes 5-20 dB) from a random mix of white, pink and
-brown noise, for about 40 % of speech-words and instrument clips a competing sound 5-15 dB below it
-(another word by another speaker of the same split; a note of another instrument at a pitch of the same
-split, so held-out speakers and pitches stay held out), then a random gain (-20..0 dB, peak 0.9 at 0 dB).
-Why: without them a randomly initialised encoder with a linear probe scored 1.0 on speech-words and
-0.94-1.0 on instrument, so the suite could not tell pre-training from none; with them (random AudioNTT,
-channels 32, ``training.probe.LinearProbe``, valid split) it scores about 0.5 on speech-words, 0.4-0.5 on
-instrument and 0.5 on pitch.
-
-Measured on the 2-core dev machine (full suite, version 3): generation about 80 s; with a stand-in HEAR
-model (64-d features every 10 ms, version 1 sizes), heareval embeddings for all tasks 21 s and ``--grid
-faster`` predictions 15-21 s per scene task but about 8 min for ``events`` (sed_eval on every frame; fewer
-frames per second of audio make it faster). ``--small``: generation about 11 s.
-
-Every random choice comes from ``--seed`` (per-clip seeds), so a build is reproducible. Generation runs in
-a process pool (``--jobs``, default: CPU count); the synthesisers are separate programs.
-
-The synthesis helpers here (``espeak_word``, ``fluidsynth_note``, ``tone``, ``noise``, ...) are also what
-``tests/sounds.py`` uses. They need the Debian packages ``espeak-ng sox fluidsynth fluid-soundfont-gm``
-and fail loudly when one is missing.
+Tasks, layout, recording conditions, timings: ``docs/evaluation.md`` ("Development suite").
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import csv
-import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-SR = 16000
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+from hear_abt.config import SAMPLE_RATE
+from hear_abt.fileio import atomic_open, atomic_write_text
+
+from .sounds import (
+    DEFAULT_SOUNDFONT,
+    NOISE_COLOURS,
+    active_power,
+    active_span,
+    coloured_noise,
+    espeak_word,
+    fade,
+    fluidsynth_notes,
+    noise,
+    normalise,
+    place,
+    process_pool,
+    read_mono,
+    seed_for,
+    write_wav,
+)
+
 SUITE_VERSION = "3"  # 3: recording conditions and more classes (builds marked "2" exist: skip it)
 TASKS = ("speech-words", "instrument", "pitch", "events")
 SPLITS = ("train", "valid", "test")
 NOTES_PER_RENDER = 12
-
-# --------------------------------------------------------------------------------------------------------
-# Sound primitives
-# --------------------------------------------------------------------------------------------------------
-
-
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    try:
-        r = subprocess.run(cmd, capture_output=True, **kw)
-    except FileNotFoundError as e:
-        raise RuntimeError(
-            f"{cmd[0]} is not installed: apt-get install -y --no-install-recommends "
-            "espeak-ng sox fluidsynth fluid-soundfont-gm"
-        ) from e
-    if r.returncode != 0:
-        err = r.stderr.decode(errors="replace") if isinstance(r.stderr, bytes) else r.stderr
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {err[-2000:]}")
-    return r
-
-
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, sample rate)."""
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return x.mean(axis=1).astype(np.float32), sr
-
-
-def write_wav(path: str | Path, x: np.ndarray, sr: int = SR) -> Path:
-    """Write mono 16-bit PCM."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0), sr, subtype="PCM_16")
-    return path
-
-
-def espeak_word(
-    word: str, voice: str, path: str | Path, rate: int = SR, speed: int = 160, pitch: int = 50
-) -> Path:
-    """Speak ``word`` with espeak-ng ``voice`` (e.g. ``en-us+f3``) into a ``rate`` Hz mono 16-bit wav."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    speech = _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word]).stdout
-    if len(speech) < 100:
-        raise RuntimeError(f"espeak-ng produced no audio for {word!r} with voice {voice!r}")
-    _run(
-        ["sox", "-R", "-D", "-t", "wav", "-", "-r", str(rate), "-c", "1", "-b", "16", str(path)], input=speech
-    )
-    return path
-
-
-def _vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes(reversed(out))
-
-
-def midi_bytes(notes: list[tuple[float, float, int, int, int]], ticks_per_beat: int = 480) -> bytes:
-    """A format-0 Standard MIDI File playing ``notes`` = [(start_s, duration_s, program, pitch, velocity)].
-
-    Notes go to channel 0 with a program change just before each note (so notes that overlap must share
-    a program). Tempo 120 bpm: one tick is 1/960 s.
-    """
-    tempo_us = 500_000
-    ticks_per_s = ticks_per_beat * 1_000_000 / tempo_us
-    events = []  # (tick, order, bytes): note-offs before program changes before note-ons at a tick
-    for start, dur, program, pitch, velocity in notes:
-        if not (0 <= program < 128 and 0 <= pitch < 128 and 0 < velocity < 128):
-            raise ValueError(f"bad note {(start, dur, program, pitch, velocity)}")
-        on, off = round(start * ticks_per_s), round((start + dur) * ticks_per_s)
-        events.append((on, 1, bytes([0xC0, program])))
-        events.append((on, 2, bytes([0x90, pitch, velocity])))
-        events.append((off, 0, bytes([0x80, pitch, 0])))
-    events.sort(key=lambda e: (e[0], e[1]))
-    track = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big")
-    last = 0
-    for tick, _, data in events:
-        track += _vlq(tick - last) + data
-        last = tick
-    track += b"\x00\xff\x2f\x00"
-    return (
-        b"MThd"
-        + struct.pack(">IHHH", 6, 0, 1, ticks_per_beat)
-        + b"MTrk"
-        + struct.pack(">I", len(track))
-        + track
-    )
-
-
-def render_midi(midi: bytes, soundfont: str | Path = DEFAULT_SOUNDFONT, rate: int = SR) -> np.ndarray:
-    """Render MIDI bytes with fluidsynth (reverb and chorus off) to mono float32 at ``rate``."""
-    if not Path(soundfont).is_file():
-        raise RuntimeError(f"soundfont {soundfont} not found: apt-get install fluid-soundfont-gm")
-    with tempfile.TemporaryDirectory(prefix="devsuite-") as tmp:
-        mid, wav = Path(tmp, "in.mid"), Path(tmp, "out.wav")
-        mid.write_bytes(midi)
-        _run(
-            [
-                "fluidsynth",
-                "-ni",
-                "-q",
-                "-R",
-                "0",
-                "-C",
-                "0",
-                "-F",
-                str(wav),
-                "-r",
-                str(rate),
-                str(soundfont),
-                str(mid),
-            ]
-        )
-        x, sr = read_wav(wav)
-    if sr != rate:
-        raise RuntimeError(f"fluidsynth wrote {sr} Hz, asked {rate}")
-    return x
-
-
-def fluidsynth_notes(
-    notes: list[tuple[int, int, int]],
-    seconds: float = 1.0,
-    soundfont: str | Path = DEFAULT_SOUNDFONT,
-    rate: int = SR,
-    hold: float | list[float] = 0.8,
-) -> list[np.ndarray]:
-    """Render many single notes [(program, pitch, velocity)] in one fluidsynth run (one per slot).
-
-    Each note is held for ``hold * seconds`` (``hold``: one fraction, or one per note) and returned as
-    exactly ``seconds`` of mono float32 (the release is kept up to the end, with a 10 ms fade-out).
-    """
-    slot = seconds + 1.0
-    holds = [hold] * len(notes) if isinstance(hold, (int, float)) else list(hold)
-    midi = midi_bytes(
-        [(i * slot, h * seconds, p, k, v) for i, ((p, k, v), h) in enumerate(zip(notes, holds))]
-    )
-    return split_slots(render_midi(midi, soundfont, rate), len(notes), slot, seconds, rate)
-
-
-def split_slots(x: np.ndarray, count: int, slot: float, seconds: float, rate: int = SR) -> list[np.ndarray]:
-    """Cut ``count`` pieces of exactly ``seconds`` from a rendering that holds one every ``slot`` s
-    (zero-padded at the end if the rendering stops early), each with a short fade-out."""
-    n = int(round(seconds * rate))
-    out = []
-    for i in range(count):
-        a = int(round(i * slot * rate))
-        seg = np.zeros(n, np.float32)
-        piece = x[a : a + n]
-        seg[: len(piece)] = piece
-        out.append(fade(seg, rate))
-    return out
-
-
-def fluidsynth_note(
-    program: int,
-    pitch: int,
-    path: str | Path,
-    seconds: float = 1.0,
-    soundfont: str | Path = DEFAULT_SOUNDFONT,
-    velocity: int = 100,
-    rate: int = SR,
-) -> Path:
-    """One General MIDI note (``program`` 0-127, MIDI ``pitch``) as an exactly ``seconds`` long mono wav."""
-    (x,) = fluidsynth_notes([(program, pitch, velocity)], seconds, soundfont, rate)
-    return write_wav(path, x, rate)
-
-
-def tone(freq: float, seconds: float, sr: int = SR, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * sr))) / sr
-    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def noise(seconds: float, sr: int = SR, seed: int = 0, amplitude: float = 0.1) -> np.ndarray:
-    """White Gaussian noise with standard deviation ``amplitude``."""
-    return (amplitude * np.random.default_rng(seed).standard_normal(int(round(seconds * sr)))).astype(
-        np.float32
-    )
-
-
-def fade(x: np.ndarray, sr: int = SR, ms: float = 10.0) -> np.ndarray:
-    n = min(len(x) // 2, int(sr * ms / 1000))
-    if n:
-        x = x.copy()
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        x[:n] *= ramp
-        x[-n:] *= ramp[::-1]
-    return x
-
-
-def active_span(x: np.ndarray, sr: int = SR, threshold_db: float = -35.0) -> tuple[int, int]:
-    """First and one-past-last sample of 10 ms frames within ``threshold_db`` of the loudest frame."""
-    hop = max(1, sr // 100)
-    nfr = max(1, len(x) // hop)
-    rms = np.sqrt(np.mean(x[: nfr * hop].reshape(nfr, hop) ** 2, axis=1) + 1e-12)
-    on = np.flatnonzero(20 * np.log10(rms / rms.max()) > threshold_db)
-    if on.size == 0:
-        return 0, len(x)
-    return int(on[0] * hop), int(min(len(x), (on[-1] + 1) * hop))
-
-
-def place(x: np.ndarray, n: int, offset: int) -> np.ndarray:
-    """``x`` at ``offset`` in ``n`` zeros (cut, with a fade, if it runs past the end)."""
-    out = np.zeros(n, np.float32)
-    piece = x[: max(0, n - offset)]
-    if len(piece) < len(x):
-        piece = fade(piece)
-    out[offset : offset + len(piece)] = piece
-    return out
-
-
-def normalise(x: np.ndarray, peak: float) -> np.ndarray:
-    m = float(np.abs(x).max())
-    return x if m == 0 else (x * (peak / m)).astype(np.float32)
-
 
 # --------------------------------------------------------------------------------------------------------
 # Task design: all decisions in the main process, from the seed
@@ -398,14 +144,8 @@ SCENE_CONDITIONS = {
     "pitch": {"snr_db": (5.0, 20.0), "distractor_p": 0.0, "distractor_db": (0.0, 0.0)},
 }
 GAIN_DB = (-20.0, 0.0)
-NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
 NOTE_OFFSET_S = (0.0, 0.3)  # note onset inside a 1 s scene clip
 NOTE_HOLD_S = (0.3, 0.7)  # key held for this long (the release follows)
-
-
-def _seed_for(seed: int, *parts) -> int:
-    h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
-    return int.from_bytes(h[:8], "little")
 
 
 def _split_sizes(n: int, valid_frac: float = 1 / 6, test_frac: float = 1 / 6) -> tuple[int, int, int]:
@@ -465,7 +205,7 @@ def _note_timing(rng: np.random.Generator) -> dict:
 
 
 def design_speech_words(seed: int, small: bool) -> dict:
-    rng = np.random.default_rng(_seed_for(seed, "speech-words"))
+    rng = np.random.default_rng(seed_for(seed, "speech-words"))
     spk = speakers(6 if small else 30, rng)
     by_split = _split_items(spk, rng)
     words = WORDS[:SMALL_WORDS] if small else WORDS
@@ -481,7 +221,7 @@ def design_speech_words(seed: int, small: bool) -> dict:
                     "label": w,
                     "word": w,
                     **s,
-                    "seed": _seed_for(seed, "speech-words", split, i),
+                    "seed": seed_for(seed, "speech-words", split, i),
                     **_conditions(rng, "speech-words"),
                     "distractor": None,
                 }
@@ -516,14 +256,14 @@ def _note_jobs(task: str, seed: int, split: str, notes: list[dict]) -> list[dict
                 "kind": "note",
                 "filename": f"{i:04d}-{n['label']}-p{n['program']}-k{n['pitch']}.wav",
                 **n,
-                "seed": _seed_for(seed, task, split, i),
+                "seed": seed_for(seed, task, split, i),
             }
         )
     return jobs
 
 
 def design_instrument(seed: int, small: bool) -> dict:
-    rng = np.random.default_rng(_seed_for(seed, "instrument"))
+    rng = np.random.default_rng(seed_for(seed, "instrument"))
     pitches = list(range(60, 66)) if small else list(range(48, 84))
     by_split = _split_items(pitches, rng)
     clips = {}
@@ -568,7 +308,7 @@ def design_instrument(seed: int, small: bool) -> dict:
 
 
 def design_pitch(seed: int, small: bool) -> dict:
-    rng = np.random.default_rng(_seed_for(seed, "pitch"))
+    rng = np.random.default_rng(seed_for(seed, "pitch"))
     pitches = list(range(60, 72)) if small else list(range(48, 72))  # start at a C: label idx % 12 == chroma
     programs = [0, 24, 56, 11] if small else PITCH_PROGRAMS
     by_split = _split_items(programs, rng)
@@ -600,7 +340,7 @@ def design_pitch(seed: int, small: bool) -> dict:
 
 
 def design_events(seed: int, small: bool) -> dict:
-    rng = np.random.default_rng(_seed_for(seed, "events"))
+    rng = np.random.default_rng(seed_for(seed, "events"))
     spk = _split_items(speakers(6 if small else 12, rng), rng)
     n = 12 if small else 120
     counts = dict(zip(SPLITS, _split_sizes(n)))
@@ -631,7 +371,7 @@ def design_events(seed: int, small: bool) -> dict:
                     "kind": "mix",
                     "filename": f"{i:04d}-{'-'.join(labels)}.wav",
                     "events": events,
-                    "seed": _seed_for(seed, "events", split, i),
+                    "seed": seed_for(seed, "events", split, i),
                 }
             )
         clips[split] = jobs
@@ -662,39 +402,17 @@ def _speech_clip(job: dict, duration: float) -> np.ndarray:
     """A trimmed word placed at a random offset in ``duration`` seconds."""
     rng = np.random.default_rng(job["seed"])
     with tempfile.TemporaryDirectory(prefix="devsuite-") as tmp:
-        x, _ = read_wav(
-            espeak_word(job["word"], job["voice"], Path(tmp, "w.wav"), SR, job["speed"], job["pitch"])
+        x, _ = read_mono(
+            espeak_word(
+                job["word"], job["voice"], Path(tmp, "w.wav"), SAMPLE_RATE, job["speed"], job["pitch"]
+            )
         )
     a, b = active_span(x)
-    x = x[max(0, a - 160) : b + 160]  # keep 10 ms around the speech
-    n = int(round(duration * SR))
+    margin = SAMPLE_RATE // 100  # keep 10 ms around the speech
+    x = x[max(0, a - margin) : b + margin]
+    n = int(round(duration * SAMPLE_RATE))
     slack = max(0, n - len(x))
     return place(x, n, int(rng.integers(0, slack + 1)))
-
-
-def _finish(x: np.ndarray, rng: np.random.Generator, floor: float = 3e-4) -> np.ndarray:
-    """Peak 0.3-0.9 plus a faint white floor (the version 1 scene finish; ``training.corpus`` uses it)."""
-    x = normalise(x, float(rng.uniform(0.3, 0.9)))
-    return (x + floor * rng.standard_normal(len(x)).astype(np.float32)).astype(np.float32)
-
-
-def coloured_noise(n: int, shares: dict[str, float], rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of unit-RMS noise: a mix of ``NOISE_COLOURS`` with the given power ``shares``."""
-    f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 20.0)  # flat below 20 Hz: no DC drift in brown noise
-    out = np.zeros(n)
-    for colour, share in shares.items():
-        if share <= 0:
-            continue
-        spec = np.fft.rfft(rng.standard_normal(n)) * f ** (-NOISE_COLOURS[colour] / 2)
-        x = np.fft.irfft(spec, n)
-        out += np.sqrt(share) * x / (np.sqrt(np.mean(x**2)) + 1e-12)
-    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
-
-
-def active_power(x: np.ndarray) -> float:
-    """Mean power of ``x`` over its active span (``active_span``): the level SNRs refer to."""
-    a, b = active_span(x)
-    return float(np.mean(np.asarray(x[a:b], dtype=np.float64) ** 2)) + 1e-20
 
 
 def scene_mix(
@@ -735,8 +453,8 @@ def _work_notes(jobs: list[dict], out_dir: str, duration: float, soundfont: str)
         soundfont,
         hold=[j["hold"] / duration for j in notes],
     )
-    n = int(round(duration * SR))
-    placed = [place(x, n, int(round(j["offset"] * SR))) for j, x in zip(notes, xs)]
+    n = int(round(duration * SAMPLE_RATE))
+    placed = [place(x, n, int(round(j["offset"] * SAMPLE_RATE))) for j, x in zip(notes, xs)]
     others = iter(placed[len(jobs) :])
     out = {}
     for job, x in zip(jobs, placed):
@@ -751,7 +469,7 @@ def _work_notes(jobs: list[dict], out_dir: str, duration: float, soundfont: str)
 def _work_mix(job: dict, out_dir: str, duration: float, soundfont: str) -> dict:
     """Place the events without overlap (>= 150 ms apart) over low noise; labels in ms."""
     rng = np.random.default_rng(job["seed"])
-    n = int(round(duration * SR))
+    n = int(round(duration * SAMPLE_RATE))
     notes = [ev for ev in job["events"] if ev["kind"] == "note"]
     rendered = iter(
         fluidsynth_notes(
@@ -772,19 +490,23 @@ def _work_mix(job: dict, out_dir: str, duration: float, soundfont: str) -> dict:
         a, b = active_span(x, threshold_db=-30.0)
         x = normalise(x[a:b], float(rng.uniform(0.4, 0.9)))
         sounds.append((ev["label"], fade(x)))
-    gap = int(0.15 * SR)
+    gap = int(0.15 * SAMPLE_RATE)
     free = n - sum(len(s) for _, s in sounds) - gap * (len(sounds) + 1)
     if free < 0:
         raise RuntimeError(f"events do not fit in {duration} s: {job['filename']}")
     # Split the free time into len+1 random shares: before, between and after the events.
     shares = np.floor(rng.dirichlet(np.ones(len(sounds) + 1)) * free).astype(int)
-    mix = noise(duration, SR, seed=job["seed"] % 2**32, amplitude=float(rng.uniform(0.002, 0.01)))
+    mix = noise(duration, SAMPLE_RATE, seed=job["seed"] % 2**32, amplitude=float(rng.uniform(0.002, 0.01)))
     pos, labels = gap, []
     for (label, x), share in zip(sounds, shares):
         pos += int(share)
         mix[pos : pos + len(x)] += x
         labels.append(
-            {"label": label, "start": round(1000 * pos / SR, 3), "end": round(1000 * (pos + len(x)) / SR, 3)}
+            {
+                "label": label,
+                "start": round(1000 * pos / SAMPLE_RATE, 3),
+                "end": round(1000 * (pos + len(x)) / SAMPLE_RATE, 3),
+            }
         )
         pos += len(x) + gap
     write_wav(Path(out_dir, job["filename"]), normalise(mix, float(rng.uniform(0.5, 0.9))))
@@ -806,13 +528,6 @@ def task_is_complete(task_dir: Path, task: str, seed: int, small: bool) -> bool:
         return json.loads(m.read_text()) == _marker(task, seed, small)
     except (OSError, ValueError):
         return False
-
-
-def _executor(jobs: int):
-    if jobs <= 1:
-        return None
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
 
 
 def build_task(
@@ -838,7 +553,7 @@ def build_task(
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     soundfont = str(soundfont)
 
-    pool = _executor(jobs)
+    pool = process_pool(jobs)
     futures: dict[str, list] = {s: [] for s in SPLITS}
 
     def submit(split, fn, *args):
@@ -849,7 +564,7 @@ def build_task(
 
     try:
         for split in SPLITS:
-            audio_dir = task_dir / str(SR) / split
+            audio_dir = task_dir / str(SAMPLE_RATE) / split
             audio_dir.mkdir(parents=True, exist_ok=True)
             clips = design["clips"][split]
             if clips and clips[0]["kind"] == "note":
@@ -872,9 +587,9 @@ def build_task(
         entries: dict = {}
         for r in results[split]:
             entries.update(r)
-        (task_dir / f"{split}.json").write_text(json.dumps(entries, indent=1))
+        atomic_write_text(task_dir / f"{split}.json", json.dumps(entries, indent=1))
 
-    with open(task_dir / "labelvocabulary.csv", "w", newline="") as f:
+    with atomic_open(task_dir / "labelvocabulary.csv", "w") as f:
         w = csv.writer(f)
         w.writerow(["idx", "label"])
         for i, lab in enumerate(design["labels"]):
@@ -890,16 +605,15 @@ def build_task(
         "split_mode": "trainvaltest",
         "splits": list(SPLITS),
         "sample_duration": design["sample_duration"],
-        "sample_rate": SR,
+        "sample_rate": SAMPLE_RATE,
         "evaluation": design["evaluation"],
-        "description": f"training.devsuite synthetic task; held out across splits: {design['held_out']}",
+        "description": f"abt_eval.devsuite synthetic task; held out across splits: {design['held_out']}",
         "seed": seed,
     }
-    (task_dir / "task_metadata.json").write_text(json.dumps(metadata, indent=1))
-    (task_dir / "generation.json").write_text(
-        json.dumps({"metadata": metadata, "clips": design["clips"]}, indent=1)
-    )
-    (task_dir / ".complete").write_text(json.dumps(_marker(task, seed, small)))
+    atomic_write_text(task_dir / "task_metadata.json", json.dumps(metadata, indent=1))
+    generation = {"metadata": metadata, "clips": design["clips"]}
+    atomic_write_text(task_dir / "generation.json", json.dumps(generation, indent=1))
+    atomic_write_text(task_dir / ".complete", json.dumps(_marker(task, seed, small)))  # last: the marker
     return task_dir
 
 
@@ -929,7 +643,7 @@ def build_suite(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.devsuite", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m abt_eval.devsuite", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", help="where to write <task>/... (HEAR task layout)")
     ap.add_argument("--small", action="store_true", help="tiny tasks, for CI")
     ap.add_argument("--seed", type=int, default=0)

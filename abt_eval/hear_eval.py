@@ -1,47 +1,11 @@
 """Evaluate ABT checkpoints with the real HEAR 2021 tools (heareval) and tabulate the results.
 
-    python -m training.hear_eval --tasks-dir TASKS --out OUT_DIR --model NAME=SOURCE [--model NAME=SOURCE ...]
+    python -m abt_eval.hear_eval --tasks-dir TASKS --out OUT_DIR --model NAME=SOURCE [--model NAME=SOURCE ...]
         [--module hear_abt] [--random-baseline] [--grid default|fast|faster] [--tasks a,b]
         [--model-options JSON] [--seed 0]
 
-``SOURCE`` is anything ``hear_abt.load_model`` accepts: a checkpoint folder, a ``.safetensors`` or
-training checkpoint file, or a Hub id ``org/name[@revision]``. For each model and each task this runs,
-each in its own subprocess and through ``scripts/heareval_compat.py`` (which applies the known fixes
-for running heareval 2021.1.3 on a modern stack):
-
-1. ``heareval.embeddings.runner MODULE --model PATH --tasks-dir TASKS --task TASK
-   --embeddings-dir OUT_DIR/embeddings/NAME [--model-options JSON]``. heareval requires ``--model`` to
-   exist on disk, so a Hub id is passed as ``HEAR_ABT_WEIGHTS`` in the subprocess environment instead
-   (``hear_abt.load_model()`` with no path reads it).
-2. ``heareval.predictions.runner OUT_DIR/embeddings/NAME/MODULE[-options]/TASK --grid GRID``, which
-   trains the probe and writes ``test.predicted-scores.json`` there.
-
-Layout of OUT_DIR::
-
-    embeddings/<NAME>/<module>[-<options>]/<task>/   heareval's embeddings, probes, test.predicted-scores.json
-    random-init/<NAME>/                              the random-init baseline checkpoint (--random-baseline)
-    logs/<NAME>__<task>.log                          both runners' output for that pair
-    manifest.json                                    grid and each NAME's source (checked on a rerun)
-    results.md, results.csv, results.png             the table and the bar chart
-
-Primary score: the first metric of the task's ``task_metadata.json`` ``evaluation`` list, read as
-``test_<metric>`` from the single split of a train/valid/test task, or as the mean over folds
-(``aggregated_scores.test_<metric>_mean``) of a k-fold task.
-
-``--random-baseline`` also evaluates, for every model, ``<NAME>-random``: an encoder of the same
-architecture with the same front-end and normalisation config (the checkpoint's ``ModelConfig``), freshly
-initialised with a fixed seed (``--seed``) and saved with ``save_pretrained`` to
-``OUT_DIR/random-init/<NAME>``. Its BatchNorm running statistics are the initial ones (mean 0, variance
-1) since it never saw data: that is what "random init" means in the paper's "% up on random". The table
-then gives ``% vs random = (score - random) / |random| * 100`` per task, with the sign flipped for
-lower-is-better metrics (error rates such as ``segment_1s_er``) so that a positive number always means
-"better than random".
-
-Resume: a (model, task) pair whose ``test.predicted-scores.json`` exists is not recomputed ("cached");
-embeddings already done (``.done.embeddings``) are not recomputed. Scores are cached per OUT_DIR: to
-change the grid or a NAME's weights use another OUT_DIR (or NAME); the manifest refuses a silent mix. A
-failing pair is reported (with the tail of its log) and the others go on; the exit status is 1 if any
-pair failed.
+What it runs, the output layout, the scores and "% vs random", resuming: ``docs/evaluation.md``
+("One-command evaluation").
 """
 
 from __future__ import annotations
@@ -60,12 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hear_abt.fileio import atomic_open, atomic_write_text
+from hear_abt.weights import WEIGHTS_ENV, parse_hub_id
+
 SCORES_FILE = "test.predicted-scores.json"
 DONE_EMBEDDINGS = ".done.embeddings"
 PREDICTION_DONE = "prediction-done.json"
 GRIDS = ("default", "fast", "faster")
 RANDOM_SUFFIX = "-random"
-COMPAT_SCRIPT = Path("scripts") / "heareval_compat.py"
+COMPAT_MODULE = "abt_eval.heareval_compat"  # run as `python -m`: works from an installed wheel
 
 # heareval 2021.1.3's score functions declared with maximize=False (heareval/score.py). Anything else
 # that looks like an error rate or a loss is treated the same way.
@@ -104,22 +71,9 @@ def parse_model_arg(text: str) -> ModelSpec:
     return ModelSpec(name, source)
 
 
-def repo_root() -> Path:
-    """The checkout holding ``hear_abt/`` (and ``scripts/``)."""
-    import hear_abt
-
-    return Path(hear_abt.__file__).resolve().parent.parent
-
-
-def compat_script(root: Path | None = None) -> Path:
-    """``scripts/heareval_compat.py`` of this checkout; EvalError if it is not there."""
-    path = (root or repo_root()) / COMPAT_SCRIPT
-    if not path.is_file():
-        raise EvalError(
-            f"{path} is missing: training.hear_eval runs heareval through it (it applies the fixes heareval "
-            "2021.1.3 needs on a modern stack). Run from a full checkout of hear-abt, not an installed wheel."
-        )
-    return path
+def _import_root() -> Path:
+    """The folder this package was imported from (a checkout, or site-packages for an installed wheel)."""
+    return Path(__file__).resolve().parent.parent
 
 
 def is_local_source(source: str) -> bool:
@@ -429,8 +383,8 @@ def write_outputs(out_dir: str | os.PathLike, table: ResultsTable) -> dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
-    paths["md"].write_text(table.to_markdown())
-    with open(paths["csv"], "w", newline="") as f:
+    atomic_write_text(paths["md"], table.to_markdown())
+    with atomic_open(paths["csv"], "w") as f:
         writer = csv.writer(f)
         writer.writerow(table.header()[:2] + ["higher_is_better"] + table.header()[2:])
         for row in table.rows():
@@ -474,7 +428,8 @@ def _plot(table: ResultsTable, path: Path) -> None:
     ax.set_title("HEAR evaluation (heareval)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -558,11 +513,12 @@ class EvalSettings:
 
 
 def _subprocess_env(source: str) -> dict[str, str]:
-    from hear_abt.weights import WEIGHTS_ENV
-
     env = dict(os.environ)
-    root = str(repo_root())
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    # The runners must import this package and hear_abt as we did: from a checkout that is not installed,
+    # that needs its folder on the path (for an installed package the interpreter finds it already).
+    root = str(_import_root())
+    if root not in _site_dirs():
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if is_local_source(source):
         env.pop(WEIGHTS_ENV, None)
@@ -571,8 +527,19 @@ def _subprocess_env(source: str) -> dict[str, str]:
     return env
 
 
-def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings, script: Path) -> list[str]:
-    cmd = [s.python, str(script), "embeddings", s.module]
+def _site_dirs() -> set[str]:
+    import sysconfig
+
+    return {str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("purelib", "platlib")}
+
+
+def compat_command(s: EvalSettings, mode: str) -> list[str]:
+    """``python -m abt_eval.heareval_compat MODE``: heareval's runner ``MODE`` with the fixes it needs."""
+    return [s.python, "-m", COMPAT_MODULE, mode]
+
+
+def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings) -> list[str]:
+    cmd = compat_command(s, "embeddings") + [s.module]
     if is_local_source(spec.source):
         cmd += ["--model", str(Path(spec.source).expanduser().resolve())]
     cmd += [
@@ -588,11 +555,11 @@ def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings, script: Path
     return cmd
 
 
-def predictions_command(task_dir: Path, s: EvalSettings, script: Path) -> list[str]:
-    return [s.python, str(script), "predictions", str(task_dir.resolve()), "--grid", s.grid]
+def predictions_command(task_dir: Path, s: EvalSettings) -> list[str]:
+    return compat_command(s, "predictions") + [str(task_dir.resolve()), "--grid", s.grid]
 
 
-def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings, script: Path) -> PairResult:
+def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
     """Embeddings then predictions for one (model, task), skipping what is already done."""
     start = time.time()
     folder = embed_task_dir(s.out_dir, spec.name, task, s.module, s.model_options)
@@ -600,7 +567,7 @@ def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings, script: Path) -> 
         return PairResult(spec.name, task, "cached")
     log = log_path(s.out_dir, spec.name, task)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"# training.hear_eval: {spec.name} ({spec.source}) on {task}\n")
+    log.write_text(f"# abt_eval.hear_eval: {spec.name} ({spec.source}) on {task}\n")
     env = _subprocess_env(spec.source)
     cwd = Path(s.out_dir).resolve()
 
@@ -608,12 +575,12 @@ def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings, script: Path) -> 
         return PairResult(spec.name, task, "failed", time.time() - start, msg)
 
     if not (folder / DONE_EMBEDDINGS).is_file():
-        rc = run_logged(embeddings_command(spec, task, s, script), log, env, cwd)
+        rc = run_logged(embeddings_command(spec, task, s), log, env, cwd)
         if rc != 0 or not (folder / DONE_EMBEDDINGS).is_file():
             return failed(f"embeddings runner failed (exit status {rc})")
     # heareval skips a task with prediction-done.json: stale without the scores file.
     (folder / PREDICTION_DONE).unlink(missing_ok=True)
-    rc = run_logged(predictions_command(folder, s, script), log, env, cwd)
+    rc = run_logged(predictions_command(folder, s), log, env, cwd)
     if rc != 0 or not (folder / SCORES_FILE).is_file():
         return failed(f"predictions runner failed (exit status {rc})")
     return PairResult(spec.name, task, "ok", time.time() - start)
@@ -636,14 +603,14 @@ def check_manifest(out_dir: Path, grid: str, specs: Sequence[ModelSpec]) -> None
             )
         manifest["models"][spec.name] = spec.source
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m training.hear_eval",
+        prog="python -m abt_eval.hear_eval",
         description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring.",
+        epilog="Details: docs/evaluation.md (One-command evaluation).",
     )
     ap.add_argument(
         "--tasks-dir", required=True, type=Path, help="HEAR tasks (<task>/task_metadata.json, ...)"
@@ -660,7 +627,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         specs, baselines, tasks, settings = _prepare(args)
-        script = compat_script()
         check_manifest(args.out, args.grid, specs)
     except EvalError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -684,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = PairResult(spec.name, task, "failed", error=random_failed[spec.name])
             else:
                 try:
-                    res = evaluate_pair(spec, task, settings, script)
+                    res = evaluate_pair(spec, task, settings)
                 except Exception as err:  # e.g. unreadable scores; one pair must not stop the rest
                     res = PairResult(spec.name, task, "failed", error=f"{type(err).__name__}: {err}")
             results.append(res)
@@ -749,7 +715,7 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
         spec = parse_model_arg(text)
         if is_local_source(spec.source):  # absolute: the runners run elsewhere; the manifest compares it
             spec = ModelSpec(spec.name, str(Path(spec.source).expanduser().resolve()))
-        elif not re.match(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$", spec.source):
+        elif parse_hub_id(spec.source) is None:
             raise EvalError(
                 f"model {spec.name}: {spec.source!r} is neither an existing path nor a Hub id org/name"
             )

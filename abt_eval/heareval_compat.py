@@ -1,33 +1,12 @@
-#!/usr/bin/env python3
 """Run heareval 2021.1.3's runners on a modern stack (torch >= 2.6, pytorch-lightning 1.6-1.9).
 
-    python scripts/heareval_compat.py embeddings  MODULE --tasks-dir TASKS [--model PATH] [...]
-    python scripts/heareval_compat.py predictions EMBEDDINGS/MODULE/TASK [--grid faster] [...]
+    python -m abt_eval.heareval_compat embeddings  MODULE --tasks-dir TASKS [--model PATH] [...]
+    python -m abt_eval.heareval_compat predictions EMBEDDINGS/MODULE/TASK [--grid faster] [...]
 
-Everything after the mode is handed unchanged to ``heareval.embeddings.runner`` or
-``heareval.predictions.runner`` (run with runpy, as ``python -m`` would), after these fixes:
-
-predictions
-    * ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``: heareval ``torch.load``s its own Lightning checkpoints, which
-      hold more than tensors; torch >= 2.6 refuses that by default (``weights_only=True``).
-    * ``trainer.fit_loop.current_epoch = epoch`` (done before testing event tasks, to pick the event
-      post-processing of the best epoch) was a property with a setter in pytorch-lightning 1.5 and is gone
-      from 1.6 on: the assignment then creates a plain attribute, the trainer's epoch stays 0 and the test
-      step fails with ``KeyError``. The property is put back on ``FitLoop``, mapped to
-      ``epoch_progress.current.completed`` (what ``trainer.current_epoch`` reads).
-
-embeddings
-    * The runner refuses to start when torch sees a GPU and TensorFlow does not ("GPUs not available in
-      tensorflow, but found by pytorch"), which is always the case with ``tensorflow-cpu``. TensorFlow is
-      only needed for TensorFlow models, so with ``HEARCOMPAT_TF_GPU_CHECK=0`` (the default here) the
-      check is answered "yes" for the runner; set ``HEARCOMPAT_TF_GPU_CHECK=1`` to keep the original.
-
-both, on a machine where torch sees a GPU
-    * ``heareval.gpu_max_mem.device_name()`` calls ``.decode()`` on ``nvmlDeviceGetName``'s answer, which
-      is a ``str`` in current nvidia-ml-py: replaced by a version that accepts both. (heareval imports
-      ``pynvml`` only when torch sees a GPU; scripts/install_hear_tools.sh installs it.)
-
-Each fix is applied only where it is needed and prints one line on stderr saying so.
+Everything after the mode goes unchanged to ``heareval.embeddings.runner`` or
+``heareval.predictions.runner`` (run as ``python -m`` would), after the fixes listed in
+``docs/evaluation.md`` ("heareval on a modern stack"); each fix is applied only where it is needed and
+prints one line on stderr saying so.
 """
 
 from __future__ import annotations
@@ -47,6 +26,8 @@ def _say(msg: str) -> None:
 
 
 def patch_torch_load() -> None:
+    """heareval ``torch.load``s its own Lightning checkpoints, which hold more than tensors (torch >= 2.6
+    refuses that by default)."""
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     _say("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1")
 
@@ -112,7 +93,7 @@ def patch_gpu_device_name() -> bool:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in RUNNERS:
-        sys.exit(f"usage: {os.path.basename(__file__)} {{{'|'.join(RUNNERS)}}} ARGS...\n\n{__doc__}")
+        sys.exit(f"usage: python -m abt_eval.heareval_compat {{{'|'.join(RUNNERS)}}} ARGS...\n\n{__doc__}")
     mode, args = argv[0], argv[1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if mode == "predictions":

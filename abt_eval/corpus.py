@@ -1,34 +1,9 @@
 """A synthetic pre-training corpus, disjoint from the development suite's test material.
 
-    python -m training.corpus OUT_DIR [--hours 3] [--seed 0] [--jobs N] [--soundfont SF ...]
+    python -m abt_eval.corpus OUT_DIR [--hours 3] [--seed 0] [--jobs N] [--soundfont SF ...]
 
-writes ``round(hours * 360)`` clips of exactly 10 s, 16 kHz mono 16-bit PCM::
-
-    OUT_DIR/audio/c000000-speech.wav, c000001-texture.wav, ...   (kinds interleaved, sorted by index)
-    OUT_DIR/corpus.json        settings, composition (seconds per kind, languages, programs, textures)
-                               and one record per clip (texts, voices, programs, notes, SNRs, ...)
-
-Four kinds, in equal numbers (every block of four consecutive clips holds one of each):
-
-* ``speech``: phrases of pseudo-words built from random syllables of one NON-English language, spoken by
-  espeak-ng (``LANGUAGES``: de fr es it nl pt pl sv fi tr cs hu ro id sw vi, plus hi and ru written in
-  Devanagari and Cyrillic so that espeak does not switch to English), several voices per clip with
-  random voice variant, pitch and speed. Any token that is one of the suite's words (``training.devsuite``
-  ``WORDS`` and ``EVENT_WORDS``: yes, no, up, down, ...) is re-drawn, so no suite word is ever spoken.
-* ``music``: 1-3 parts (melody, chords, arpeggio or bass line in a random scale), each with a random
-  General MIDI program 0-119, rendered by fluidsynth from soundfonts that are NOT the suite's FluidR3 GM:
-  by default the Debian packages ``timgm6mb-soundfont`` (``/usr/share/sounds/sf2/TimGM6mb.sf2``) and
-  ``musescore-general-soundfont`` (``/usr/share/sounds/sf3/MuseScore_General_Full.sf3``; fluidsynth
-  reads .sf3 when built with libsndfile + vorbis, as Debian's is). Render chunks alternate between them.
-* ``texture``: environmental-like sounds made with numpy: filtered/coloured noise (wind, water), rain
-  (random decaying clicks), sirens, bird-like chirps, engine hum, impacts/footsteps; one or two layers.
-* ``mix``: two of the above (different kinds) mixed at a random SNR of -5..15 dB.
-
-Determinism and resuming: every choice for clip ``i`` comes from ``(seed, i)`` only (independent of
-``--hours`` and ``--jobs``), so the same seed writes the same bytes and a larger ``--hours`` extends a
-corpus. Clips are made in chunks of ``CHUNK`` consecutive indices (one fluidsynth run per chunk renders
-all of its music; the soundfont is loaded once); existing clips are skipped, a chunk with nothing missing
-is not run, and each wav is written to a ``.tmp`` file and renamed. Needs ``espeak-ng sox fluidsynth``.
+What it holds, how it stays disjoint from the suite, determinism and resuming: ``docs/evaluation.md``
+("Pre-training corpus").
 """
 
 from __future__ import annotations
@@ -43,30 +18,31 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
-from .devsuite import DEFAULT_SOUNDFONT as SUITE_SOUNDFONT
-from .devsuite import (
-    EVENT_WORDS,
-    WORDS,
-    _executor,
-    _finish,
-    _seed_for,
+from hear_abt.config import SAMPLE_RATE
+from hear_abt.fileio import atomic_write_text
+
+from .devsuite import EVENT_WORDS, WORDS
+from .sounds import DEFAULT_SOUNDFONT as SUITE_SOUNDFONT
+from .sounds import (
     active_span,
     espeak_word,
     fade,
     midi_bytes,
     normalise,
     place,
-    read_wav,
+    power_law_noise,
+    process_pool,
+    read_mono,
     render_midi,
+    seed_for,
     split_slots,
+    write_wav,
 )
 
-SR = 16000
 CLIP_SECONDS = 10.0
-CLIP_SAMPLES = int(SR * CLIP_SECONDS)
+CLIP_SAMPLES = int(SAMPLE_RATE * CLIP_SECONDS)
 CORPUS_VERSION = "1"
 CHUNK = 24  # clips per work unit (one fluidsynth run per chunk)
 SLOT_SECONDS = CLIP_SECONDS + 3.0  # each music part gets its own slot in a chunk's render, + 3 s of release
@@ -285,9 +261,9 @@ def design_texture(rng: np.random.Generator) -> dict:
 def design_clip(seed: int, index: int) -> dict:
     """Everything about clip ``index``: a pure function of (seed, index)."""
     block = index // 4
-    kinds = np.random.default_rng(_seed_for(seed, "corpus-kinds", block)).permutation(len(KINDS))
+    kinds = np.random.default_rng(seed_for(seed, "corpus-kinds", block)).permutation(len(KINDS))
     kind = KINDS[int(kinds[index % 4])]
-    rng = np.random.default_rng(_seed_for(seed, "corpus", index))
+    rng = np.random.default_rng(seed_for(seed, "corpus", index))
     makers = {"speech": design_speech, "music": design_music, "texture": design_texture}
     if kind == "mix":
         a, b = rng.choice(3, size=2, replace=False)
@@ -297,7 +273,7 @@ def design_clip(seed: int, index: int) -> dict:
         clip = makers[kind](rng)
     clip["index"] = index
     clip["filename"] = f"c{index:06d}-{kind}.wav"
-    clip["seed"] = _seed_for(seed, "corpus-finish", index)
+    clip["seed"] = seed_for(seed, "corpus-finish", index)
     return clip
 
 
@@ -310,25 +286,25 @@ def chunk_soundfont(chunk: int, soundfonts: list[str]) -> str:
 
 def synth_speech(d: dict, tmp: str) -> np.ndarray:
     out = np.zeros(CLIP_SAMPLES, np.float32)
-    pos = int(0.05 * SR)
+    pos = int(0.05 * SAMPLE_RATE)
     for k, u in enumerate(d["utterances"]):
-        if pos >= CLIP_SAMPLES - SR // 4:
+        if pos >= CLIP_SAMPLES - SAMPLE_RATE // 4:
             break
         v = d["voices"][u["speaker"]]
-        x, _ = read_wav(
-            espeak_word(u["text"], v["voice"], Path(tmp, f"u{k}.wav"), SR, v["speed"], v["pitch"])
+        x, _ = read_mono(
+            espeak_word(u["text"], v["voice"], Path(tmp, f"u{k}.wav"), SAMPLE_RATE, v["speed"], v["pitch"])
         )
         a, b = active_span(x, threshold_db=-40.0)
         x = normalise(x[a:b], 0.8)
         out += place(x, CLIP_SAMPLES, pos)
-        pos += len(x) + int(u["pause"] * SR)
+        pos += len(x) + int(u["pause"] * SAMPLE_RATE)
     return out
 
 
 def _bandpass(x: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     """Log-Gaussian band around a random centre in [lo, hi] Hz, applied in the frequency domain."""
     X = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1 / SR)
+    f = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
     fc = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     width = float(rng.uniform(0.3, 1.5))  # octaves (std)
     g = np.exp(-0.5 * (np.log2(np.maximum(f, 1.0) / fc) / width) ** 2)
@@ -336,10 +312,8 @@ def _bandpass(x: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> 
 
 
 def _coloured(rng: np.random.Generator, n: int, beta: float) -> np.ndarray:
-    X = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SR)
-    X *= np.maximum(f, 20.0) ** (-beta / 2)
-    x = np.fft.irfft(X, n)
+    """Unit-std noise with a ``1 / f**beta`` power spectrum."""
+    x = power_law_noise(n, beta, rng)
     return (x / (np.std(x) + 1e-12)).astype(np.float32)
 
 
@@ -353,7 +327,7 @@ def _envelope(rng: np.random.Generator, n: int, rate_hz: float, depth: float) ->
 def synth_texture_layer(kind: str, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = CLIP_SAMPLES
-    t = np.arange(n) / SR
+    t = np.arange(n) / SAMPLE_RATE
     if kind == "noise":  # wind, water, hiss: coloured noise through a band, slowly modulated
         x = _bandpass(_coloured(rng, n, float(rng.choice([0.0, 1.0, 2.0]))), rng, 150, 5000)
         x *= _envelope(rng, n, float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.2, 0.9)))
@@ -364,7 +338,8 @@ def synth_texture_layer(kind: str, seed: int) -> np.ndarray:
         imp[rng.integers(0, n, m)] = (rng.lognormal(0, 0.7, m) * rng.choice([-1, 1], m)).astype(np.float32)
         tau = float(rng.uniform(0.0005, 0.004))
         kernel = (
-            np.exp(-np.arange(int(SR * tau * 6)) / (SR * tau)) * rng.standard_normal(int(SR * tau * 6))
+            np.exp(-np.arange(int(SAMPLE_RATE * tau * 6)) / (SAMPLE_RATE * tau))
+            * rng.standard_normal(int(SAMPLE_RATE * tau * 6))
         ).astype(np.float32)
         x = np.convolve(imp, kernel)[:n]
         x = _bandpass(x, rng, 1000, 7000) + float(rng.uniform(0.05, 0.4)) * np.std(x) * _bandpass(
@@ -378,33 +353,33 @@ def synth_texture_layer(kind: str, seed: int) -> np.ndarray:
             f = f0 * np.where(
                 np.sin(2 * np.pi * float(rng.uniform(0.3, 1.5)) * t) > 0, 1.0, float(rng.uniform(0.7, 0.85))
             )
-        phase = 2 * np.pi * np.cumsum(f) / SR
+        phase = 2 * np.pi * np.cumsum(f) / SAMPLE_RATE
         x = sum(
             a * np.sin(h * phase) for h, a in zip(range(1, 5), rng.uniform(0.1, 1.0, 4) / np.arange(1, 5))
         )
         x = x.astype(np.float32) + 0.02 * _coloured(rng, n, 1.0)
     elif kind == "chirps":  # bird-like phrases of fast frequency sweeps
         x = np.zeros(n, np.float32)
-        pos = int(rng.uniform(0, 0.5) * SR)
-        while pos < n - SR // 5:
+        pos = int(rng.uniform(0, 0.5) * SAMPLE_RATE)
+        while pos < n - SAMPLE_RATE // 5:
             f1, f2 = rng.uniform(1500, 7000, 2)
             for _ in range(int(rng.integers(2, 9))):
                 dur = float(rng.uniform(0.02, 0.15))
-                m = int(dur * SR)
-                tt = np.arange(m) / SR
+                m = int(dur * SAMPLE_RATE)
+                tt = np.arange(m) / SAMPLE_RATE
                 ff = f1 * (f2 / f1) ** (tt / dur)
-                c = np.sin(2 * np.pi * np.cumsum(ff) / SR) * np.hanning(m)
+                c = np.sin(2 * np.pi * np.cumsum(ff) / SAMPLE_RATE) * np.hanning(m)
                 x[pos : pos + m] += c[: max(0, n - pos)].astype(np.float32) * float(rng.uniform(0.3, 1))
-                pos += m + int(rng.uniform(0.01, 0.08) * SR)
-                if pos >= n - SR // 5:
+                pos += m + int(rng.uniform(0.01, 0.08) * SAMPLE_RATE)
+                if pos >= n - SAMPLE_RATE // 5:
                     break
-            pos += int(rng.uniform(0.2, 1.5) * SR)
+            pos += int(rng.uniform(0.2, 1.5) * SAMPLE_RATE)
         x += 0.01 * _coloured(rng, n, 1.0)
     elif kind == "engine":  # harmonic hum with a drifting fundamental and firing-rate modulation
         f0 = float(rng.uniform(25, 120)) * _envelope(
             rng, n, float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.0, 0.4))
         )
-        phase = 2 * np.pi * np.cumsum(f0) / SR
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
         amps = rng.uniform(0.2, 1.0, 20) / np.arange(1, 21) ** float(rng.uniform(0.5, 1.5))
         x = sum(a * np.sin(h * phase + float(rng.uniform(0, 2 * np.pi))) for h, a in zip(range(1, 21), amps))
         x = x * (1 + 0.3 * np.sin(phase / 2)) + 0.3 * np.std(x) * _bandpass(
@@ -413,8 +388,8 @@ def synth_texture_layer(kind: str, seed: int) -> np.ndarray:
         x = x.astype(np.float32)
     else:  # impacts: knocks/footsteps as a few damped modes at regular or random times
         x = np.zeros(n, np.float32)
-        m = int(0.5 * SR)
-        tt = np.arange(m) / SR
+        m = int(0.5 * SAMPLE_RATE)
+        tt = np.arange(m) / SAMPLE_RATE
         freqs, decays = rng.uniform(150, 3500, 5), rng.uniform(0.01, 0.2, 5)
         hit = sum(np.sin(2 * np.pi * f * tt) * np.exp(-tt / d) for f, d in zip(freqs, decays)).astype(
             np.float32
@@ -423,7 +398,7 @@ def synth_texture_layer(kind: str, seed: int) -> np.ndarray:
         period = float(rng.uniform(0.3, 1.0))
         pos = float(rng.uniform(0, 0.5))
         while pos < CLIP_SECONDS - 0.1:
-            a = int(pos * SR)
+            a = int(pos * SAMPLE_RATE)
             x[a : a + m] += hit[: n - a] * float(rng.uniform(0.4, 1.0))
             pos += period * float(rng.uniform(0.9, 1.1)) if regular else float(rng.exponential(period))
         x += 0.005 * _coloured(rng, n, 1.0)
@@ -456,7 +431,11 @@ def render_chunk_parts(parts: list[dict], soundfont: str) -> list[np.ndarray]:
         for start, dur, pitch, vel in p["notes"]
     ]
     return split_slots(
-        render_midi(midi_bytes(notes), soundfont, SR), len(parts), SLOT_SECONDS, CLIP_SECONDS, SR
+        render_midi(midi_bytes(notes), soundfont, SAMPLE_RATE),
+        len(parts),
+        SLOT_SECONDS,
+        CLIP_SECONDS,
+        SAMPLE_RATE,
     )
 
 
@@ -475,6 +454,12 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
+def _finish(x: np.ndarray, rng: np.random.Generator, floor: float = 3e-4) -> np.ndarray:
+    """Peak 0.3-0.9 plus a faint white floor (about -70 dB)."""
+    x = normalise(x, float(rng.uniform(0.3, 0.9)))
+    return (x + floor * rng.standard_normal(len(x)).astype(np.float32)).astype(np.float32)
+
+
 def synth_clip(d: dict, rendered: list[np.ndarray]) -> np.ndarray:
     """The finished clip (peak 0.3-0.9 plus a -70 dB noise floor) from its design and its rendered parts."""
     rendered = list(rendered)
@@ -486,12 +471,6 @@ def synth_clip(d: dict, rendered: list[np.ndarray]) -> np.ndarray:
         else:
             x = _component(d, rendered, tmp)
     return _finish(fade(x), np.random.default_rng(d["seed"]))
-
-
-def write_wav_atomic(path: Path, x: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), np.clip(x, -1.0, 1.0), SR, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
 
 
 def _work_chunk(seed: int, chunk: int, n_clips: int, audio_dir: str, soundfont: str) -> int:
@@ -514,7 +493,7 @@ def _work_chunk(seed: int, chunk: int, n_clips: int, audio_dir: str, soundfont: 
         path = Path(audio_dir, d["filename"])
         if d["index"] >= n_clips or path.exists():
             continue
-        write_wav_atomic(path, synth_clip(d, mine))
+        write_wav(path, synth_clip(d, mine))
         written += 1
     return written
 
@@ -601,7 +580,7 @@ def build_corpus(
     for stale in audio_dir.glob("*.tmp"):
         stale.unlink()
     if not meta_path.is_file():
-        meta_path.write_text(json.dumps({"settings": settings, "complete": False}, indent=1))
+        atomic_write_text(meta_path, json.dumps({"settings": settings, "complete": False}, indent=1))
 
     n_chunks = -(-n_clips // CHUNK)
     missing = {}
@@ -618,7 +597,7 @@ def build_corpus(
     with tqdm(
         total=n_clips, initial=initial, unit="clip", desc="corpus", disable=not progress, dynamic_ncols=True
     ) as bar:
-        pool = _executor(jobs)
+        pool = process_pool(jobs)
         try:
             args = [(seed, c, n_clips, str(audio_dir), chunk_soundfont(c, soundfonts)) for c in todo]
             if pool is None:
@@ -644,7 +623,7 @@ def build_corpus(
         "complete": True,
         "clips": n_clips,
         "clip_seconds": CLIP_SECONDS,
-        "sample_rate": SR,
+        "sample_rate": SAMPLE_RATE,
         "hours": round(n_clips * CLIP_SECONDS / 3600, 4),
         "format": "wav, mono, 16-bit PCM",
         "disjoint_from_suite": {
@@ -657,14 +636,12 @@ def build_corpus(
         "seconds_this_run": round(time.time() - t0, 1),
         "clip_designs": designs,
     }
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.corpus", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m abt_eval.corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--hours", type=float, default=3.0, help="total length (10 s clips; default 3)")
     ap.add_argument("--seed", type=int, default=0)
