@@ -7,10 +7,9 @@
 prepared corpus (the synthetic corpus of ``benchmarks/bench_data.py``, built once and cached), through
 the prefetching iterator the trainer uses and through ``batch_at`` (no thread).
 
-(b) Training steps as ``training/pretrain.py`` runs them, built from the same blocks (BarlowTwinsModel,
-ViewAugmenter, BarlowTwinsLoss, build_optimizer, the preset's precision via ``autocast_settings``):
-device copy -> dataset normalisation -> two augmented views -> encoder + projector -> loss -> backward
--> optimiser step, on pre-built batches so only the step is timed. Each preset runs at its own batch
+(b) Training steps exactly as ``training/pretrain.py`` runs them (``training.engine.build`` and
+``train_step``): device copy -> dataset normalisation -> two augmented views -> encoder + projector ->
+loss -> backward -> optimiser step, on pre-built batches so only the step is timed. Each preset runs at its own batch
 size (cpu-tiny: 32, audioset-audiontt: 128) unless ``--train-batch`` is given, on the CPU and, when
 available, on CUDA (bf16 autocast for the paper presets). An end-to-end loop (sampler feeding the
 steps) is also timed for the presets given in ``--end-to-end``.
@@ -22,7 +21,6 @@ Targets (PASS/FAIL): data pipeline >= 10x the training step's samples/s on the s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -34,14 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import _make_corpus  # noqa: E402  (the shared synthetic corpus)
 
-from training.augment import ViewAugmenter  # noqa: E402
+from training import engine  # noqa: E402
 from training.config import build_config  # noqa: E402
 from training.data import CropSampler, ShardDataset  # noqa: E402
-from training.loss import BarlowTwinsLoss  # noqa: E402
-from training.model import BarlowTwinsModel  # noqa: E402
-from training.optim import build_optimizer, lr_factor, set_lr  # noqa: E402
 from training.prepare import prepare  # noqa: E402
-from training.pretrain import autocast_settings  # noqa: E402
 
 DATA_BATCH = 128
 CROP = 96
@@ -89,66 +83,21 @@ def data_rates(dataset: ShardDataset, n_batches: int) -> tuple[float, float]:
 
 
 class Trainer:
-    """The inner loop of training/pretrain.py (single process), from its own building blocks."""
+    """The engine pretrain.py runs (training.engine), on one process; only the steps are timed."""
 
     def __init__(self, preset: str, dataset: ShardDataset, device: torch.device, batch: int | None):
         overrides = [f"batch_size={batch}"] if batch else []
-        self.cfg = cfg = build_config(preset, overrides)
+        self.cfg = build_config(preset, overrides)
         self.device = device
-        torch.manual_seed(cfg.seed)
-        self.model = BarlowTwinsModel(cfg, dataset.frontend).to(device)
-        self.optimizer = build_optimizer(
-            cfg.optimizer,
-            self.model,
-            cfg.lr_weights,
-            cfg.lr_biases,
-            cfg.weight_decay,
-            batch_size=cfg.batch_size,
-        )
-        self.amp_dtype, use_scaler = autocast_settings(cfg.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        self.augmenter = ViewAugmenter(cfg.augment)
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000)
-        self.loss_fn = BarlowTwinsLoss(lambd=cfg.lambd, alpha=cfg.alpha)
-        self.mean, self.std = dataset.norm.mean, dataset.norm.std
-        self.is_vit = hasattr(self.model.encoder, "num_patches")
-        self.step_no = 0
-        self.total_steps = 1000
-        self.model.train()
+        self.state = engine.build(self.cfg, dataset, device, prefetch=2)
+        self.amp_dtype = self.state.amp_dtype
 
     @property
     def params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.state.net.parameters())
 
     def step(self, crops: torch.Tensor) -> None:
-        cfg, net = self.cfg, self.model
-        x = crops.to(self.device, non_blocking=True)
-        if not cfg.augment.ppn:
-            x = (x - self.mean) / self.std
-        v1, v2 = self.augmenter(x, self.gen)
-        keep = (
-            self.augmenter.keep_indices(
-                v2.shape[0], net.encoder.num_patches, self.step_no, self.total_steps, self.gen
-            )
-            if self.is_vit
-            else None
-        )
-        set_lr(self.optimizer, lr_factor(self.step_no, self.total_steps, 100))
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            z1, z2 = net(v1, v2, keep)
-        out = self.loss_fn(z1, z2)
-        if not torch.isfinite(out.loss):  # pretrain.py checks this every step (a device sync)
-            raise RuntimeError(f"loss is {out.loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.step_no += 1
+        engine.train_step(self.state, crops)
 
 
 def train_rate(trainer: Trainer, batches: list[torch.Tensor], steps: int, warmup: int = 2) -> float:
@@ -164,10 +113,9 @@ def train_rate(trainer: Trainer, batches: list[torch.Tensor], steps: int, warmup
 
 def end_to_end_rate(trainer: Trainer, dataset: ShardDataset, steps: int) -> float:
     """Sampler (prefetching thread) feeding the steps, as in pretrain.py."""
-    sampler = CropSampler(dataset, trainer.cfg.batch_size, trainer.cfg.crop_frames, seed=1, prefetch=2)
     done, start = -1, 0.0
     while done < steps:
-        for crops in sampler:
+        for crops in trainer.state.sampler:
             trainer.step(crops)
             done += 1
             if done == 0:  # the first step is a warm-up

@@ -1,8 +1,7 @@
-"""`hear-abt` command line: embed audio files, inspect weights, run the offline demo.
+"""`hear-abt` command line: embed audio files, inspect weights.
 
 hear-abt embed AUDIO... --out FILE.npz [--weights SRC] [--what scene|timestamp|both]
 hear-abt info [SRC]
-hear-abt demo [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -165,17 +164,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    try:
-        from training.demo import run_demo
-    except ImportError as err:  # the training package ships in the same distribution
-        raise SystemExit(
-            f"the demo needs the training extras: pip install 'hear-abt[train]' ({err})"
-        ) from err
-    run_demo(Path(args.workdir).resolve(), steps=args.steps)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hear-abt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,12 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("weights", nargs="?", default="", help="checkpoint folder, file or Hub id")
     info.set_defaults(func=_info)
 
-    demo = sub.add_parser("demo", help="offline demo: make sounds, pre-train a tiny model on the CPU, embed")
-    demo.add_argument(
-        "--workdir", default="demo_out", help="folder for the demo's audio, run, weights and embeddings"
-    )
-    demo.add_argument("--steps", type=int, default=60, help="pre-training steps of the cpu-tiny preset")
-    demo.set_defaults(func=_demo)
     return parser
 
 

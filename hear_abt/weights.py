@@ -56,7 +56,7 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w
 
 HOW_TO_GET_WEIGHTS = (
     "Produce weights with `python -m training.pretrain ...` then `python -m training.export RUN_DIR OUT_DIR` "
-    "(or run `hear-abt demo` for a tiny CPU model), and pass the folder to load_model() or set "
+    "(or run `python -m training.demo` for a tiny CPU model), and pass the folder to load_model() or set "
     f"{WEIGHTS_ENV}=/path/to/folder (a folder, a .safetensors or training checkpoint file, or a Hub id org/name[@revision])."
 )
 

@@ -153,6 +153,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 10,
         "checkpoint_every": 60,
         "image_every": 120,
+        # As measured in docs/cpu-experiment.md, before the defaults moved to BYOL-A v2's values.
+        "augment": {"mixup_ratio": 0.4, "rrc_interpolation": "bilinear"},
     },
 }
 DEFAULT_PRESET = "audioset-audiontt"  # the paper's run

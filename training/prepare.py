@@ -1,49 +1,10 @@
 """Decode a corpus once into memory-mappable float16 log-mel shards for pre-training.
 
-Usage::
-
     python -m training.prepare SRC OUT_DIR [--workers N] [--clips-per-shard N]
                                [--max-seconds-per-clip S] [--overwrite] [--no-progress]
 
-``SRC`` is either a folder, searched recursively for audio files (see ``AUDIO_EXTENSIONS``), or a
-manifest text file with one audio path per line (blank lines and ``#`` comments ignored; relative
-paths are relative to the manifest's folder). Files are sorted (folder) or kept in manifest order,
-then chunked by count into shards, so the file -> shard assignment is deterministic and a rerun
-rebuilds only the shards that are missing or stale.
-
-Output layout (``OUT_DIR``)::
-
-    manifest.json                  format version, front-end config, norm {mean, std}, totals,
-                                   shards (clip/frame counts, per-clip source paths, stats),
-                                   skipped files with reasons
-    shards/shard-000000.npy        float16 (frames, n_mels): the clips' log-mel frames back to back
-    shards/shard-000000.index.npy  int64 (clips, 2): [first frame, frame count] of each clip
-    shards/shard-000000.json       the shard's record, written last: its presence marks the shard done
-
-Frames are stored frame-major, (frames, n_mels), rather than (n_mels, frames): a random crop is
-then one contiguous 12 KB block of the file instead of 64 scattered rows, which matters once the
-shards (~200 GB for AudioSet) no longer fit the page cache. The normalisation statistics are
-accumulated in float64 over the float32 log-mel values (before float16 rounding) as per-shard
-count/sum/sum-of-squares, so a resumed run combines them without re-reading finished shards.
-
-AudioSet unbalanced train (~1.6 M 10 s clips, ~4,500 h; ~200 GB of shards) — a folder of
-downloaded clips, or a manifest listing them (e.g. to exclude the eval segments)::
-
-    audioset/unbalanced_train_segments/--0PQM4-hqg_30.000_40.000.flac
-    audioset/unbalanced_train_segments/...
-    python -m training.prepare audioset/unbalanced_train_segments data/audioset_ub --workers 16
-    python -m training.prepare audioset/unbalanced.txt data/audioset_ub --workers 16
-
-FSD50K development set (40,966 clips of 0.3-30 s)::
-
-    FSD50K.dev_audio/64760.wav
-    FSD50K.dev_audio/...
-    python -m training.prepare FSD50K.dev_audio data/fsd50k_dev --workers 4
-
-Interrupting and rerunning the same command resumes: finished shards are kept and only the rest
-are decoded. Unreadable, empty or non-finite files (NaN/Inf samples, or samples so large that the
-log-mel overflows) are logged by name, skipped and listed in the manifest; the manifest is never
-written with non-finite (or zero) statistics: prepare stops with a message instead.
+SRC is a folder (searched recursively) or a list file of audio paths. Rerunning the same command
+resumes. Output layout, AudioSet/FSD50K examples and the statistics: docs/data.md.
 """
 
 from __future__ import annotations

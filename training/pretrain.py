@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=N -m training.pretrain ...
 
 Each step: crops -> dataset normalisation -> two augmented views -> encoder + projector -> Barlow
-Twins loss on the global batch -> LARS/AdamW step (training.engine). docs/pretraining.md has more.
+Twins loss on the global batch -> LARS/AdamW step (training.engine); docs/pretraining.md has more.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Linear-probe monitor: how good are the encoder's frozen scene embeddings, during pre-training?
 
 Every ``probe_every`` steps, the current encoder embeds the train and evaluation splits of a
-HEAR-format scene task (``training.devsuite`` makes some), a logistic regression is fitted on the
+HEAR-format scene task (``abt_eval.devsuite`` makes some), a logistic regression is fitted on the
 train split and scored (accuracy) on ``valid`` (or ``test`` if the task has no valid split). The
 score goes to TensorBoard and ``probe.csv``, and the best-scoring checkpoint is kept as ``best.pt``.
 """
