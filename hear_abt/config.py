@@ -24,21 +24,10 @@ TIMESTAMP_HOP_MS = 50
 # Largest encoder a config may describe (parameters + buffers): 2 GB of float32. ViT-B is 86 M.
 MAX_ENCODER_ELEMENTS = 500_000_000
 
+
 # Ranges of the encoder_kwargs the registered encoders take, by name (an encoder rejects the names
 # it does not know when it is dry-built, see ModelConfig.check_encoder). Integers in lists (patch,
 # input_size) are checked element-wise. Bounds are generous; they only stop absurd sizes early.
-ENCODER_KWARG_RANGES: dict[str, tuple[float, float]] = {
-    "channels": (1, 4096),  # AudioNTT conv channels
-    "mlp_dim": (1, 65536),  # AudioNTT MLP width
-    "dropout": (0.0, 1.0),
-    "dim": (4, 8192),  # ViT width
-    "depth": (0, 256),  # ViT blocks
-    "heads": (1, 256),
-    "patch": (1, 1024),
-    "input_size": (1, 65536),
-}
-
-
 class ConfigError(ValueError):
     """A config field has the wrong type or an impossible value; the message names the field."""
 
@@ -179,11 +168,12 @@ class ModelConfig:
 
     def check_encoder(self) -> None:
         """Check ``encoder`` and ``encoder_kwargs`` without allocating: types and ranges
-        (:data:`ENCODER_KWARG_RANGES`), then a dry build on torch's ``meta`` device, which raises for
+        (the encoder class's ``KWARG_RANGES``), then a dry build on torch's ``meta`` device, which raises for
         names the encoder does not take and inconsistent sizes and counts its parameters."""
         import torch
 
         from .encoders import create_encoder_for, list_encoders
+        from .encoders.registry import encoder_class
 
         if self.encoder not in list_encoders():
             raise ConfigError(f"unknown encoder {self.encoder!r}; known: {', '.join(list_encoders())}")
@@ -192,7 +182,7 @@ class ModelConfig:
             if not isinstance(key, str):
                 raise ConfigError(f"encoder_kwargs keys must be strings, got {key!r}")
             _check_json_value(where, value)
-            bounds = ENCODER_KWARG_RANGES.get(key)
+            bounds = encoder_class(self.encoder).KWARG_RANGES.get(key)
             if bounds is not None:
                 items = value if isinstance(value, (list, tuple)) else [value]
                 for i, item in enumerate(items):

@@ -27,6 +27,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 class AudioNTT(Encoder):
     frame_features_supported = True
+    KWARG_RANGES = {"n_mels": (4, 1024), "channels": (1, 4096), "mlp_dim": (1, 65536), "dropout": (0.0, 1.0)}
     # Each output frame sees input frames [4i - 3, 4i + 7): chunked passes add this much context.
     TIME_STRIDE = 4
     CONTEXT_BEFORE = 4
@@ -95,7 +96,7 @@ class AudioNTT(Encoder):
         return self.pool(self.frame_features(x))
 
 
-@register_encoder("audiontt")
+@register_encoder("audiontt", AudioNTT)
 def audiontt(n_mels: int = 64, window_frames: int | None = None, **kwargs) -> AudioNTT:
     # Fully convolutional in time: any input length, so window_frames is not needed.
     return AudioNTT(n_mels=n_mels, **kwargs)

@@ -16,6 +16,9 @@ from torch import nn
 
 
 class Encoder(nn.Module):
+    # (low, high) for numeric constructor arguments (each item of a list argument); checked before
+    # a config builds anything, so an absurd size is an error, not a huge allocation.
+    KWARG_RANGES: dict[str, tuple[float, float]] = {}
     embed_dim: int
     frame_features_supported: bool = False
     input_frames: int | None = None

@@ -7,16 +7,28 @@ from typing import Callable
 from torch import nn
 
 _ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+_CLASSES: dict[str, type] = {}
 
 
-def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_encoder(name: str, cls: type) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a factory under ``name``; ``cls`` is the class it builds (its declared limits are read
+    from there, e.g. ``KWARG_RANGES``, before anything is built)."""
+
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _ENCODERS:
             raise ValueError(f"encoder {name!r} registered twice")
         _ENCODERS[name] = fn
+        _CLASSES[name] = cls
         return fn
 
     return decorator
+
+
+def encoder_class(name: str) -> type:
+    try:
+        return _CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}") from None
 
 
 def list_encoders() -> list[str]:

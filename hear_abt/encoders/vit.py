@@ -137,6 +137,15 @@ class ConvStem(nn.Module):
 
 
 class ViT(Encoder):
+    KWARG_RANGES = {
+        "dim": (4, 8192),
+        "depth": (0, 256),
+        "heads": (1, 256),
+        "patch": (1, 1024),
+        "input_size": (1, 65536),
+        "stem_channels": (1, 8192),
+    }
+
     def __init__(
         self,
         dim: int,
@@ -211,5 +220,5 @@ def _make(size: str, conv_stem: bool, n_mels: int = 64, window_frames: int = 96,
 
 
 for _size in VIT_SIZES:
-    register_encoder(f"vitc_{_size.lower()}")(lambda _s=_size, **kw: _make(_s, True, **kw))
-    register_encoder(f"vit_{_size.lower()}")(lambda _s=_size, **kw: _make(_s, False, **kw))
+    register_encoder(f"vitc_{_size.lower()}", ViT)(lambda _s=_size, **kw: _make(_s, True, **kw))
+    register_encoder(f"vit_{_size.lower()}", ViT)(lambda _s=_size, **kw: _make(_s, False, **kw))
