@@ -134,9 +134,30 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(corpus, tmp_path, monke
 
     monkeypatch.setattr(engine, "BarlowTwinsLoss", PoisonedAfterTen)
     assert run(corpus, tmp_path / "run", "checkpoint_every=4") == 3
-    assert "loss is nan at step 10" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "loss is nan at step 10" in err and "last good checkpoint" in err and "step 8) is intact" in err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 8 and all(torch.isfinite(t).all() for t in state["encoder"].values())
+
+    # NaN before any checkpoint exists: the message says so instead of naming a checkpoint.
+    PoisonedAfterTen.calls = 10
+    assert run(corpus, tmp_path / "early", "checkpoint_every=100") == 3
+    err = capsys.readouterr().err
+    assert "loss is nan at step 0" in err and "no checkpoint had been written yet" in err
+    assert not (tmp_path / "early" / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_from_a_corrupt_checkpoint_and_bad_devices_are_clear_errors(corpus, tmp_path):
+    assert run(corpus, tmp_path / "run", steps=2) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as by a full disk or a broken copy
+    with pytest.raises(SystemExit, match=r"cannot resume from .*last.pt.*restore it from a backup"):
+        pretrain.main(["--run-dir", str(tmp_path / "run"), "--resume", "--no-progress"])
+    with pytest.raises(SystemExit, match="is not a device"):
+        run(corpus, tmp_path / "other", "--device", "warp-drive")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+            run(corpus, tmp_path / "other", "--device", "cuda")
 
 
 def test_resume_refuses_changed_settings_and_new_runs_refuse_old_dirs(corpus, tmp_path):

@@ -61,7 +61,7 @@ def run_demo(workdir: Path, steps: int = 60) -> None:
     # The same command again: a finished run is reused, an interrupted one resumed.
     args = ["--run-dir", str(run_dir), "--preset", "cpu-tiny", f"steps={steps}", "batch_size=16"]
     args += ["--resume"] if RunDir(run_dir).run_file.is_file() else ["--data", str(data_dir)]
-    if pretrain.main(args) != 0:
+    if pretrain.main(args, hint_next=False) != 0:
         raise SystemExit("pre-training failed; see the message above")
     print(f"[4/5] exporting weights to {model_dir}")
     export.export(run_dir, model_dir)

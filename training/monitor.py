@@ -85,7 +85,7 @@ class Monitor:
         n = min(128, c.shape[0])
         fig, ax = plt.subplots(figsize=(5, 4.5))
         im = ax.imshow(c[:n, :n].float().cpu().numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(f"cross-correlation C (first {n} dims), step {step}")
+        ax.set_title(f"cross-correlation C, first {n} dims\nstep {step}", fontsize=10)
         fig.colorbar(im, ax=ax)
         fig.savefig(self.images / f"crosscorr_step{step:07d}.png", dpi=100, bbox_inches="tight")
         self.writer.add_figure("images/cross_correlation", fig, step)

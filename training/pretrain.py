@@ -90,7 +90,22 @@ def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device_arg:
-        device = torch.device(device_arg)
+        try:
+            device = torch.device(device_arg)
+        except RuntimeError as err:
+            raise SystemExit(
+                f"error: --device {device_arg!r} is not a device ({err}); use cpu, cuda or cuda:N"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(
+                f"error: --device {device_arg} asked for CUDA, but torch sees no CUDA device here; use --device cpu"
+            )
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise SystemExit(
+                f"error: --device {device_arg}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise SystemExit(f"error: --device {device_arg}: training runs on cpu or cuda")
     elif torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     else:
@@ -143,7 +158,8 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
+    """Run (or resume) a pre-training run; ``hint_next=False`` omits the closing "export next" hint."""
     args = parse_args(argv)
     run_dir = RunDir(Path(args.run_dir).resolve())
     rank, world_size, device = setup_distributed(args.device)
@@ -176,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     if is_main:
         run_dir.write_run(run)
     if args.resume and run_dir.last.exists():
-        engine.load_checkpoint_state(state, load_checkpoint(run_dir.last))
+        try:
+            engine.load_checkpoint_state(state, load_checkpoint(run_dir.last))
+        except Exception as err:  # torch raises several types for truncated or corrupt files
+            if lock is not None:
+                lock.release()
+            raise SystemExit(
+                f"error: cannot resume from {run_dir.last}: {err}. If the file is corrupt (a full disk or a "
+                "copy cut short), restore it from a backup or start a new --run-dir; checkpoints written by "
+                "this code are replaced atomically, so a kill never leaves a half-written one."
+            ) from err
 
     def save(path: Path) -> None:
         full = engine.checkpoint_state(state, model_config)  # a collective: every rank calls it
@@ -253,11 +278,14 @@ def main(argv: list[str] | None = None) -> int:
                     break
     except engine.NonFiniteLoss as err:
         if is_main:
-            saved = load_checkpoint(run_dir.last)["step"] if run_dir.last.exists() else None
+            kept = (
+                f"the last good checkpoint ({run_dir.last}, step {load_checkpoint(run_dir.last)['step']}) is intact"
+                if run_dir.last.exists()
+                else f"no checkpoint had been written yet (one is written every {cfg.checkpoint_every} steps)"
+            )
             print(
-                f"\nerror: {err}. Training stopped; the last good checkpoint ({run_dir.last}, step {saved}) is "
-                "intact. Try a lower learning rate (lr_weights=...), precision=fp32, or check the data for "
-                "silence-only clips.",
+                f"\nerror: {err}. Training stopped; {kept}. Try a lower learning rate (lr_weights=...), "
+                "precision=fp32, or check the data for silence-only clips.",
                 file=sys.stderr,
             )
         return 3
@@ -269,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
         if lock is not None:
             lock.release()
-    if is_main:
+    if is_main and hint_next:
         print(
             f"done: {state.step} steps; checkpoint {run_dir.last}. Next: "
             f"`{Path(sys.executable).name} -m training.export {run_dir.path} OUT_DIR` for Hub-style weights",
