@@ -4,6 +4,7 @@ SIGKILL, a full disk) leaves the previous file intact. Every output of the proje
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,26 +13,63 @@ from typing import IO, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# "No space left on device" and "Disk quota exceeded": both mean the write cannot finish here.
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled up during an atomic write; ``errno`` is the original (ENOSPC).
+
+    The temporary file is gone and the previous file at ``filename`` is intact.
+    """
+
+    def __init__(self, path: PathLike, err: OSError):
+        reason = "No space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        message = (
+            f"{reason} while writing {os.fspath(path)}: the disk is full. Nothing was written there (the "
+            "previous file, if any, is intact); free some disk space, or write elsewhere, and retry."
+        )
+        super().__init__(err.errno, message)
+        self.filename = os.fspath(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for an OSError that says the disk or the quota is full."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
 
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8). On any exception the temporary file is removed.
+    ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8). On any exception the temporary file is removed; a
+    full disk (ENOSPC/EDQUOT, from the writes, the flush or the fsync) is re-raised as
+    :class:`DiskFullError`, an OSError with the same errno whose message names ``path``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, err) from err
+        raise
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, err) from err
         raise
 
 

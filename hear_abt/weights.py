@@ -17,6 +17,7 @@ Integrity: the weights' sha256 and the config's sha256 are both checked; folders
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -52,7 +53,13 @@ DEFAULT_HUB_WEIGHTS = {
 # at once with instructions, instead of asking the Hub (and retrying) for a repo that does not exist.
 RELEASED_HUB_WEIGHTS: frozenset[str] = frozenset()
 
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+# The Hub's rules for repo ids (huggingface_hub.utils.validate_repo_id, ASCII only): "namespace/name",
+# each part of letters, digits and "._-", at most 96 characters, not starting or ending with "." or "-",
+# no "--" or "..", not ending in ".git". Revisions are git refs ("main", "v1", "refs/pr/1") or commits.
+HUB_PART_MAX = 96
+HUB_REVISION_MAX = 255
+_HUB_PART_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+_HUB_REVISION_CHARS = re.compile(r"[A-Za-z0-9._+/-]+")
 
 HOW_TO_GET_WEIGHTS = (
     "Produce weights with `python -m training.pretrain ...` then `python -m training.export RUN_DIR OUT_DIR` "
@@ -284,6 +291,7 @@ def _load_hub(repo_id: str, revision: str | None, source: str) -> Checkpoint:
         RevisionNotFoundError,
     )
 
+    validate_hub_id(repo_id, revision)  # before any request: nothing unchecked reaches a URL or the cache
     # LocalEntryNotFoundError subclasses EntryNotFoundError: keep it first.
     try:
         config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
@@ -309,12 +317,96 @@ def _load_hub(repo_id: str, revision: str | None, source: str) -> Checkpoint:
     return _load_folder(Path(config_path).parent, source)
 
 
+def hub_id_problem(text: str) -> str | None:
+    """What makes ``text`` an invalid Hub id ``org/name[@revision]`` (None when it is a valid one)."""
+    if not isinstance(text, str) or not text:
+        return "it is empty"
+    if text.startswith("/"):
+        return "it starts with '/' (a local path that does not exist?)"
+    if text.startswith(("~", ".")):
+        return f"it starts with {text[0]!r} (a local path that does not exist?)"
+    repo, at, revision = text.partition("@")
+    problem = _repo_id_problem(repo)
+    if problem is None and at:
+        problem = _revision_problem(revision)
+    return problem
+
+
+def _repo_id_problem(repo: str) -> str | None:
+    if not repo:
+        return "the repo id (before any '@') is empty"
+    parts = repo.split("/")
+    if "" in parts:
+        return f"{repo!r} has an empty component (a leading, trailing or doubled '/')"
+    if len(parts) != 2:
+        return (
+            f"a Hub repo id is 'org/name' with exactly one '/', {repo!r} has {len(parts)} component(s) "
+            "(or is it a local path that does not exist?)"
+        )
+    for what, part in zip(("organisation", "repo name"), parts):
+        bad = sorted(set(_HUB_PART_CHARS.sub("", part)))
+        if bad:
+            return (
+                f"its {what} {part!r} holds character(s) {''.join(bad)!r} that the Hub does not allow "
+                "(only letters, digits, '.', '_' and '-')"
+            )
+        if part in (".", ".."):
+            return f"its {what} is {part!r}, a path component, not a name"
+        if len(part) > HUB_PART_MAX:
+            return f"its {what} has {len(part)} characters; the Hub allows at most {HUB_PART_MAX}"
+        if part[0] in ".-" or part[-1] in ".-":
+            return f"its {what} {part!r} starts or ends with '.' or '-', which the Hub does not allow"
+        if ".." in part or "--" in part:
+            return f"its {what} {part!r} contains '..' or '--', which the Hub does not allow"
+    if parts[1].endswith(".git"):
+        return f"its repo name {parts[1]!r} ends with '.git', which the Hub does not allow"
+    return None
+
+
+def _revision_problem(revision: str) -> str | None:
+    if not revision:
+        return "the revision after '@' is empty"
+    if len(revision) > HUB_REVISION_MAX:
+        return f"its revision has {len(revision)} characters; at most {HUB_REVISION_MAX} are allowed"
+    bad = sorted(set(_HUB_REVISION_CHARS.sub("", revision)))
+    if bad:
+        return (
+            f"its revision {revision!r} holds character(s) {''.join(bad)!r} that a git revision may not "
+            "(only letters, digits, '.', '_', '+', '-' and '/' between components)"
+        )
+    if revision.startswith("/") or revision.endswith("/"):
+        return f"its revision {revision!r} starts or ends with '/'"
+    for component in revision.split("/"):
+        if not component:
+            return f"its revision {revision!r} has an empty component ('//')"
+        if component in (".", ".."):
+            return f"its revision {revision!r} has a {component!r} path component"
+        if component.startswith(".") or component.endswith((".", ".lock")):
+            return f"its revision {revision!r} has a component {component!r} that git does not allow"
+    if ".." in revision:
+        return f"its revision {revision!r} contains '..', which git does not allow"
+    return None
+
+
+def validate_hub_id(repo_id: str, revision: str | None = None) -> None:
+    """Raise :class:`WeightsError` saying what is wrong when ``repo_id``/``revision`` are not valid."""
+    problem = _repo_id_problem(repo_id) if isinstance(repo_id, str) else "the repo id is not text"
+    if problem is None and revision is not None:
+        problem = _revision_problem(revision) if isinstance(revision, str) else "the revision is not text"
+    if problem is not None:
+        shown = repo_id if revision is None else f"{repo_id}@{revision}"
+        raise WeightsError(f"invalid Hub id {shown!r}: {problem}. A Hub id is 'org/name[@revision]'.")
+
+
 def parse_hub_id(text: str) -> tuple[str, str | None] | None:
-    """``"org/name[@revision]"`` -> (repo id, revision or None); None when ``text`` is not a Hub id."""
-    match = _HUB_ID.match(text)
-    if match is None or text.startswith((".", "/", "~")):
+    """``"org/name[@revision]"`` -> (repo id, revision or None); None when ``text`` is not a valid Hub id.
+
+    :func:`hub_id_problem` says why a text is not one.
+    """
+    if hub_id_problem(text) is not None:
         return None
-    return match["repo"], match["revision"]
+    repo, at, revision = text.partition("@")
+    return repo, (revision if at else None)
 
 
 def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
@@ -330,9 +422,17 @@ def load_checkpoint(source: str | os.PathLike) -> Checkpoint:
 def _read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     text = os.fspath(source)
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except PermissionError as err:
+        raise WeightsError(
+            f"{path} cannot be read: permission denied ({err}). Check the permissions of it and its folders."
+        ) from err
+    except (ValueError, OSError):  # an embedded NUL byte, a name too long for the file system, ...
+        is_dir = is_file = False
+    if is_dir:
         return _load_folder(path.resolve(), str(path.resolve()))
-    if path.is_file():
+    if is_file:
         path = path.resolve()
         if path.suffix == ".safetensors":
             return _load_safetensors_file(path)
@@ -343,10 +443,56 @@ def _read_checkpoint(source: str | os.PathLike) -> Checkpoint:
         raise WeightsError(
             f"{path}: unknown weights file type (expected a folder, .safetensors, .pt or .ckpt)."
         )
-    hub = parse_hub_id(text)
-    if hub is not None:
-        return _load_hub(*hub, text)
-    raise WeightsError(f"{text!r} is neither an existing file or folder nor a Hub id 'org/name[@revision]'.")
+    # Something on disk that is neither a file nor a folder is a local path gone wrong, never a Hub id.
+    try:
+        unreadable = _unreadable_on_disk(path)
+    except (ValueError, OSError):
+        unreadable = None
+    if unreadable is not None:
+        raise WeightsError(unreadable)
+    problem = hub_id_problem(text)
+    if problem is None:
+        return _load_hub(*parse_hub_id(text), text)
+    raise WeightsError(
+        f"{text!r} is neither an existing file or folder nor a valid Hub id 'org/name[@revision]': {problem}."
+    )
+
+
+def _unreadable_on_disk(path: Path) -> str | None:
+    """Why ``path`` (or one of its parents) is on disk but cannot be read as a file or folder, if so.
+
+    Checks ``path`` and its parents with ``os.path.lexists``, which sees broken symlinks and symlink
+    loops that ``exists``/``is_file``/``is_dir`` report as absent.
+    """
+    for candidate in (path, *path.parents):
+        if not os.path.lexists(candidate):
+            continue
+        if candidate.is_dir() and candidate != path:
+            return None  # an ordinary folder in which ``path`` does not exist
+        where = str(candidate) if candidate == path else f"{candidate} (in {path})"
+        if candidate.is_symlink():
+            try:
+                os.stat(candidate)
+            except OSError as err:
+                target = os.readlink(candidate)
+                if err.errno == errno.ELOOP:
+                    return (
+                        f"{where} exists but cannot be read: a symlink loop ({candidate} -> {target}). "
+                        "Fix or remove the link, or pass the checkpoint's real path."
+                    )
+                return (
+                    f"{where} exists but cannot be read: broken symlink? ({candidate} -> {target}, "
+                    f"which does not exist: {err.strerror}). Fix the link or pass the checkpoint's real path."
+                )
+        if candidate == path and not candidate.is_symlink():
+            return (
+                f"{where} exists but cannot be read as a weights file or folder (a FIFO, socket or device?). "
+                "Pass a checkpoint folder, a .safetensors or a training checkpoint file."
+            )
+        if candidate != path:
+            return f"{where} exists but is not a folder, so {path} cannot exist. Check the path."
+        return f"{where} exists but cannot be read as a file or folder. Check the path."
+    return None
 
 
 def default_weights_source(family: str) -> str:

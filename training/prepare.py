@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from hear_abt import audio as _audio
 from hear_abt.audio import AUDIO_EXTENSIONS, load_audio
 from hear_abt.config import FrontendConfig
-from hear_abt.fileio import atomic_open
+from hear_abt.fileio import DiskFullError, atomic_open, is_disk_full
 from hear_abt.frontend import LogMelFrontend
 
 logger = logging.getLogger("training.prepare")  # not __main__ under `python -m`
@@ -444,6 +444,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except (PrepareError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        # DiskFullError (from the atomic writer) names the file; any other ENOSPC names what it can.
+        what = str(err) if isinstance(err, DiskFullError) else f"the disk is full ({err})"
+        print(
+            f"error: {what}\nFinished shards are kept: free disk space and re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return 2
     line = (
         f"prepared {summary.clips} clips ({summary.hours:.2f} hours) in {summary.shards} shards; "
