@@ -15,6 +15,7 @@ Audio files are found by extension (``AUDIO_EXTENSIONS``), recursively in folder
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
@@ -74,9 +75,7 @@ def read_mono(path: PathLike) -> tuple[np.ndarray, int]:
     (which would poison every statistic computed from it).
     """
     path = Path(path)
-    if path.exists() and not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
-        raise AudioFileError(f"cannot read audio file {path}: it is {kind}")
+    _check_regular_file(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises several types (LibsndfileError, TypeError, ...)
@@ -100,6 +99,67 @@ def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         return resample(data, sr, sample_rate)
     except (ValueError, RuntimeError, MemoryError) as err:
         raise AudioFileError(f"cannot resample audio file {path} from {sr} Hz: {err}") from err
+
+
+def _check_regular_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
+        raise AudioFileError(f"cannot read audio file {path}: it is {kind}")
+
+
+def audio_seconds(path: PathLike) -> float:
+    """Duration of an audio file from its header (0.0 when it cannot be read): for progress bars."""
+    try:
+        info = sf.info(str(path))
+        return max(0.0, info.frames / info.samplerate) if info.samplerate > 0 and info.frames > 0 else 0.0
+    except Exception:  # unreadable files are reported when they are read
+        return 0.0
+
+
+def iter_audio_blocks(
+    path: PathLike, sample_rate: int = SAMPLE_RATE, block_seconds: float = 10.0
+) -> Iterator[np.ndarray]:
+    """Read a file block by block as mono float32 at ``sample_rate``: memory bounded by the block size.
+
+    The blocks concatenated equal :func:`load_audio` bitwise: channels are averaged per block as in
+    :func:`read_mono`, and libsoxr's streaming resampler (which keeps its filter state between blocks)
+    gives exactly the one-shot ``soxr.resample`` output. Raises :class:`AudioFileError` naming the file,
+    as :func:`load_audio` does, when it cannot be decoded (also part-way), holds no samples or holds
+    NaN/Inf. Blocks may be empty (the resampler's delay); the last one flushes the resampler.
+    """
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as err:
+        raise AudioFileError(f"cannot read audio file {path}: {err}") from err
+    with f:
+        sr = int(f.samplerate)
+        stream = None
+        if sr != sample_rate:
+            if sr <= 0:
+                raise AudioFileError(f"cannot resample audio file {path}: sample rate {sr}")
+            stream = soxr.ResampleStream(sr, int(sample_rate), 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        block_frames = max(1, int(block_seconds * sr))
+        n_read = 0
+        while True:
+            try:
+                data = f.read(block_frames, dtype="float32", always_2d=True)
+            except Exception as err:
+                raise AudioFileError(
+                    f"cannot read audio file {path} after {n_read / sr:.1f} s: {err}"
+                ) from err
+            if len(data) == 0:
+                break
+            if not np.isfinite(data).all():
+                raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
+            n_read += len(data)
+            mono = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+            yield mono if stream is None else stream.resample_chunk(mono, last=False)
+        if n_read == 0:
+            raise AudioFileError(f"audio file {path} contains no samples")
+        if stream is not None:
+            yield stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def is_audio_file_name(name: str) -> bool:

@@ -1,12 +1,15 @@
 """`hear-abt` command line: embed audio files, inspect weights.
 
 hear-abt embed AUDIO... --out FILE.npz [--weights SRC] [--what scene|timestamp|both]
+hear-abt embed AUDIO... --out-dir FOLDER ...   (streamed to disk: any length, read lazily)
 hear-abt info [SRC]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -16,12 +19,7 @@ import torch
 from tqdm import tqdm
 
 
-def _check_output(out: Path) -> None:
-    """Refuse an --out that cannot be written before any work is done."""
-    if out.suffix != ".npz":
-        raise SystemExit(f"error: --out must end in .npz, got {out}")
-    if out.is_dir():
-        raise SystemExit(f"error: --out {out} is a folder; name a .npz file")
+def _check_writable_location(out: Path, what: str) -> None:
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # the folders to create: the first existing ancestor must be writable
@@ -31,7 +29,35 @@ def _check_output(out: Path) -> None:
         probe = tempfile.TemporaryFile(dir=parent)  # what atomic_open will need: a file beside --out
         probe.close()
     except OSError as err:
-        raise SystemExit(f"error: cannot write --out {out}: {err}") from err
+        raise SystemExit(f"error: cannot write {what} {out}: {err}") from err
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an --out that cannot be written before any work is done."""
+    if out.suffix != ".npz":
+        raise SystemExit(
+            f"error: --out must end in .npz, got {out} (for a folder of .npy files use --out-dir {out})"
+        )
+    if out.is_dir():
+        raise SystemExit(f"error: --out {out} is a folder; name a .npz file (or use --out-dir)")
+    _check_writable_location(out, "--out")
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out-dir that is a file, or a non-empty folder that is not an embeddings folder."""
+    from .streaming import INDEX_NAME
+
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out-dir {out} exists and is not a folder")
+    if out.is_dir():
+        if any(out.iterdir()) and not (out / INDEX_NAME).is_file():
+            raise SystemExit(
+                f"error: --out-dir {out} is a non-empty folder without {INDEX_NAME}: name a new or empty "
+                "folder (or one that hear-abt embed wrote before, which is replaced)"
+            )
+        _check_writable_location(out / INDEX_NAME, "--out-dir")
+    else:
+        _check_writable_location(out, "--out-dir")
 
 
 def _check_device(device: str) -> torch.device:
@@ -69,75 +95,200 @@ def expand_audio_args(paths: list[str]) -> tuple[list[Path], list[tuple[str, str
     return files, problems
 
 
-def _embed_one(path: Path, model, what: str, device: torch.device) -> tuple:
-    from . import get_scene_embeddings, get_timestamp_embeddings
-    from .audio import load_audio
+class _NpzSink:
+    """Collects one file's timestamp embeddings in memory (the .npz layout)."""
 
-    audio = torch.from_numpy(load_audio(path))[None].to(device)
-    scene = emb = ts = None
-    if what in ("scene", "both"):
-        scene = get_scene_embeddings(audio, model)[0].cpu().numpy()
-    if what in ("timestamp", "both"):
-        e, t = get_timestamp_embeddings(audio, model)
-        emb, ts = e[0].cpu().numpy(), t[0].cpu().numpy()
-    for name, value in (("scene", scene), ("timestamp", emb)):
-        if value is not None and not np.isfinite(value).all():
-            raise FloatingPointError(
-                f"its {name} embedding is not finite (NaN/Inf); the audio may be far too loud "
-                f"(peak {float(audio.abs().max()):.3g}) or the weights broken"
-            )
-    return scene, emb, ts
+    def __init__(self) -> None:
+        self.embs: list[np.ndarray] = []
+        self.ts: list[np.ndarray] = []
+
+    def __call__(self, emb: np.ndarray, ts: np.ndarray) -> None:
+        self.embs.append(emb)
+        self.ts.append(ts)
+
+
+class _NpySink:
+    """Streams one file's timestamp embeddings into two .npy files of the --out-dir layout."""
+
+    def __init__(self, folder: Path, index: int, dim: int) -> None:
+        from .streaming import NpyWriter
+
+        self.names = (f"timestamps/{index:06d}.emb.npy", f"timestamps/{index:06d}.ms.npy")
+        self.emb = NpyWriter(folder / self.names[0], (dim,), np.float32)
+        self.ts = NpyWriter(folder / self.names[1], (), np.float32)
+
+    def __call__(self, emb: np.ndarray, ts: np.ndarray) -> None:
+        self.emb.append(emb)
+        self.ts.append(ts)
+
+    def close(self) -> None:
+        self.emb.close()
+        self.ts.close()
+
+    def abort(self) -> None:
+        self.emb.abort()
+        self.ts.abort()
+
+
+_SIZE_WARNING_BYTES = 2 * 1024**3
 
 
 def _embed(args: argparse.Namespace) -> int:
     from . import load_model
-    from .fileio import atomic_open
+    from .audio import audio_seconds
+    from .fileio import atomic_open, atomic_write_text
+    from .streaming import INDEX_NAME, LAYOUT_FORMAT, LAYOUT_VERSION, NpyWriter, embed_file
 
-    out = Path(args.out).resolve()
-    _check_output(out)
+    if (args.out is None) == (args.out_dir is None):
+        raise SystemExit("error: give exactly one of --out FILE.npz and --out-dir FOLDER")
+    if not args.chunk_seconds > 0:
+        raise SystemExit(f"error: --chunk-seconds must be positive, got {args.chunk_seconds}")
+    out = Path(args.out or args.out_dir).resolve()
+    folder_layout = args.out_dir is not None
+    (_check_out_dir if folder_layout else _check_output)(out)
     device = _check_device(args.device)
     files, problems = expand_audio_args(args.audio)
     failed: list[str] = []
+    reasons: list[str] = []
     for arg, why in problems:
         print(f"skipped {arg}: {why}", file=sys.stderr)
         failed.append(arg)
+        reasons.append(why)
     model = load_model(args.weights, timestamp_mode=args.timestamp_mode).to(device)
-    embedded, scenes, ts_embs, ts_ms = [], [], [], []
-    for path in tqdm(files, desc="embedding", unit="file", disable=args.quiet):
-        try:
-            scene, emb, ts = _embed_one(path, model, args.what, device)
-        except (KeyboardInterrupt, SystemExit):
-            raise  # nothing is written: an older --out stays as it was
-        except Exception as err:  # one bad file never aborts the others
-            reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
-            tqdm.write(f"skipped: {reason}", file=sys.stderr)
-            failed.append(str(path))
-            continue
-        embedded.append(str(path.resolve()))
-        if scene is not None:
-            scenes.append(scene)
-        if emb is not None:
-            ts_embs.append(emb)
-            ts_ms.append(ts)
-    result: dict[str, np.ndarray] = {
-        "files": np.array(embedded, dtype=str),
-        "failed": np.array(failed, dtype=str),
-    }
-    if scenes:
-        result["scene_embeddings"] = np.stack(scenes)
-    if ts_embs:
-        # Clips differ in length: concatenate and keep offsets (clip i is rows offsets[i]:offsets[i+1]).
-        result["timestamp_embeddings"] = np.concatenate(ts_embs)
-        result["timestamps_ms"] = np.concatenate(ts_ms)
-        result["timestamp_offsets"] = np.cumsum([0] + [len(t) for t in ts_ms])
-    # Atomic: an interrupted write (Ctrl-C, SIGKILL, full disk) leaves the previous file or nothing.
-    with atomic_open(out, "wb") as f:
-        np.savez(f, **result)
+    want_scene = args.what in ("scene", "both")
+    want_ts = args.what in ("timestamp", "both")
+    dim = model.timestamp_embedding_size
+    seconds = [audio_seconds(p) for p in files]
+    total_seconds = sum(seconds)
+    ts_bytes = total_seconds * 1000 / 50 * dim * 4
+    if want_ts and not folder_layout and ts_bytes > _SIZE_WARNING_BYTES:
+        print(
+            f"note: {total_seconds / 3600:.1f} h of audio: the .npz layout holds all timestamp embeddings "
+            f"in memory ({ts_bytes / 1024**3:.1f} GB); --out-dir streams them to disk instead",
+            file=sys.stderr,
+        )
+    if folder_layout:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is being replaced: no stale index
+    embedded: list[str] = []
+    entries: list[dict] = []
+    scenes: list[np.ndarray] = []
+    ts_embs: list[np.ndarray] = []
+    ts_ms: list[np.ndarray] = []
+    bar = tqdm(
+        total=round(total_seconds, 1),
+        desc="embedding",
+        unit="s",
+        unit_scale=False,
+        disable=args.quiet,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
+    )
+    with bar:
+        for i, path in enumerate(files):
+            bar.set_postfix_str(f"file {i + 1}/{len(files)}")
+            sink = (_NpySink(out, len(embedded), dim) if folder_layout else _NpzSink()) if want_ts else None
+            done_before = bar.n
+            try:
+                result = embed_file(
+                    path,
+                    model,
+                    scene=want_scene,
+                    timestamps=want_ts,
+                    on_timestamps=sink,
+                    on_audio=bar.update,
+                    chunk_seconds=args.chunk_seconds,
+                    device=device,
+                )
+                if isinstance(sink, _NpySink):
+                    sink.close()
+            except (KeyboardInterrupt, SystemExit):
+                if isinstance(sink, _NpySink):
+                    sink.abort()
+                raise  # nothing else is written: an older --out stays as it was
+            except Exception as err:  # one bad file never aborts the others
+                if isinstance(sink, _NpySink):
+                    sink.abort()
+                reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
+                tqdm.write(f"skipped: {reason}", file=sys.stderr)
+                failed.append(str(path))
+                reasons.append(reason)
+                bar.n = done_before + seconds[i]
+                bar.refresh()
+                continue
+            embedded.append(str(path.resolve()))
+            entry = {
+                "audio": str(path.resolve()),
+                "seconds": result.n_samples / model.sample_rate,
+                "n_samples": result.n_samples,
+                "n_timestamps": result.n_timestamps if want_ts else 0,
+                "streamed": result.streamed,
+            }
+            if want_scene:
+                scenes.append(result.scene)
+                entry["scene_row"] = len(scenes) - 1
+            if isinstance(sink, _NpySink):
+                entry["timestamp_embeddings"], entry["timestamps_ms"] = sink.names
+            elif isinstance(sink, _NpzSink):
+                ts_embs.append(np.concatenate(sink.embs) if sink.embs else np.zeros((0, dim), np.float32))
+                ts_ms.append(np.concatenate(sink.ts) if sink.ts else np.zeros(0, np.float32))
+            entries.append(entry)
+    if folder_layout:
+        if scenes:
+            with NpyWriter(out / "scene_embeddings.npy", (model.scene_embedding_size,)) as w:
+                w.append(np.stack(scenes))
+        else:
+            (out / "scene_embeddings.npy").unlink(missing_ok=True)
+        _remove_stale_timestamp_files(out, entries)
+        index = {
+            "format": LAYOUT_FORMAT,
+            "version": LAYOUT_VERSION,
+            "encoder": model.config.encoder,
+            "weights": args.weights or "(default)",
+            "what": args.what,
+            "timestamp_mode": args.timestamp_mode,
+            "sample_rate": model.sample_rate,
+            "timestamp_hop_ms": 1000 * model.hop_samples / model.sample_rate,
+            "scene_embedding_size": model.scene_embedding_size,
+            "timestamp_embedding_size": dim,
+            "scene_embeddings": "scene_embeddings.npy" if scenes else None,
+            "files": entries,
+            "failed": [{"audio": a, "reason": r} for a, r in zip(failed, reasons)],
+        }
+        atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+    else:
+        npz: dict[str, np.ndarray] = {
+            "files": np.array(embedded, dtype=str),
+            "failed": np.array(failed, dtype=str),
+        }
+        if scenes:
+            npz["scene_embeddings"] = np.stack(scenes)
+        if ts_embs:
+            # Clips differ in length: concatenate and keep offsets (clip i is rows offsets[i]:offsets[i+1]).
+            npz["timestamp_embeddings"] = np.concatenate(ts_embs)
+            npz["timestamps_ms"] = np.concatenate(ts_ms)
+            npz["timestamp_offsets"] = np.cumsum([0] + [len(t) for t in ts_ms])
+        # Atomic: an interrupted write (Ctrl-C, SIGKILL, full disk) leaves the previous file or nothing.
+        with atomic_open(out, "wb") as f:
+            np.savez(f, **npz)
     print(
         f"wrote {out}: {len(embedded)} file(s) embedded with {model.config.encoder}"
         + (f", {len(failed)} failed (listed in 'failed')" if failed else "")
     )
     return 1 if failed else 0
+
+
+_TIMESTAMP_FILE = re.compile(r"\d{6}\.(emb|ms)\.npy")
+
+
+def _remove_stale_timestamp_files(out: Path, entries: list[dict]) -> None:
+    """Drop a previous run's per-file arrays that this run's index does not list."""
+    folder = out / "timestamps"
+    if not folder.is_dir():
+        return
+    keep = {Path(e[k]).name for e in entries for k in ("timestamp_embeddings", "timestamps_ms") if k in e}
+    for path in folder.iterdir():
+        if _TIMESTAMP_FILE.fullmatch(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -170,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    embed = sub.add_parser("embed", help="embed audio files into an .npz file")
+    embed = sub.add_parser("embed", help="embed audio files into an .npz file or a folder of .npy files")
     embed.add_argument(
         "audio",
         nargs="+",
@@ -179,8 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument(
         "--out",
-        required=True,
-        help="output .npz (files, scene_embeddings, timestamp_embeddings, timestamps_ms, timestamp_offsets)",
+        help="output .npz (files, failed, scene_embeddings, timestamp_embeddings, timestamps_ms, "
+        "timestamp_offsets); everything is held in memory until it is written",
+    )
+    embed.add_argument(
+        "--out-dir",
+        help="output folder instead of --out: index.json, scene_embeddings.npy and per file "
+        "timestamps/NNNNNN.emb.npy + .ms.npy, streamed to disk (any length; np.load(..., mmap_mode='r'))",
     )
     embed.add_argument(
         "--weights",
@@ -198,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="faithful: every 950 ms window through the encoder; fast: AudioNTT frame features pooled per window",
     )
     embed.add_argument("--device", default="cpu", help="torch device to compute on, e.g. cpu or cuda:0")
+    embed.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=120.0,
+        help="files longer than this are read and embedded in chunks of this much audio (bounded memory; "
+        "the result equals the one-shot answer up to float rounding) (default: %(default)s)",
+    )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
 

@@ -13,7 +13,7 @@ from .config import TIMESTAMP_HOP_MS, TIMESTAMP_WINDOW_MS, ModelConfig
 from .encoders import create_encoder_for
 from .frontend import LogMelFrontend, Normalize
 
-TIMESTAMP_MODES = ("faithful", "fast")
+TIMESTAMP_MODES = ("faithful", "fast", "per_window")
 
 
 def window_mean_max(frames: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
@@ -45,7 +45,13 @@ class ABTEmbedder(nn.Module):
     Timestamp embeddings use 950 ms windows every 50 ms, centred on each timestamp (the first at
     0 ms, the last at or before the clip's last sample), with silence beyond the clip's edges.
 
-    - ``timestamp_mode="faithful"``: every window goes through the encoder, as in the paper.
+    - ``timestamp_mode="faithful"``: the paper's embedding, every window encoded on its own (with
+      the window's zero padding). For AudioNTT it is computed by exact reuse: frames inside a
+      window equal clip-level frames on its grid phase, so only each window's first and last
+      output frames are recomputed (:meth:`_reuse_windows`); equal to the per-window pass within
+      float rounding.
+    - ``timestamp_mode="per_window"``: the same embedding, every window through the whole encoder
+      (the reference the exact-reuse path is tested against; the only path for ViTs).
     - ``timestamp_mode="fast"`` (AudioNTT only): frame features are computed once per clip and
       mean+max pooled per window; see the README for how far it is from the faithful mode.
 
@@ -146,7 +152,11 @@ class ABTEmbedder(nn.Module):
         n_ts = self.num_timestamps(n_samples)
         out = torch.empty(n_clips, n_ts, self.timestamp_embedding_size, device=audio.device)
         group = self._group_size(self.config.frontend.samples_to_frames(n_samples))
-        fill = self._faithful_windows if self.timestamp_mode == "faithful" else self._fast_windows
+        fill = {
+            "faithful": self._reuse_windows if self._exact_reuse else self._faithful_windows,
+            "per_window": self._faithful_windows,
+            "fast": self._fast_windows,
+        }[self.timestamp_mode]
         for s in range(0, n_clips, group):
             fill(self._centred_logmel(audio[s : s + group]), out[s : s + group])
         ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
@@ -160,6 +170,31 @@ class ABTEmbedder(nn.Module):
         for i in range(0, n_clips * n_ts, self.window_batch):
             ids = torch.arange(i, min(i + self.window_batch, n_clips * n_ts), device=mel.device)
             flat[ids] = self._encode(windows[ids // n_ts, :, ids % n_ts])  # copies only this batch
+
+    @property
+    def _exact_reuse(self) -> bool:
+        """Whether faithful windows can be assembled from clip-level frames (AudioNTT)."""
+        enc = self.encoder
+        return bool(enc.frame_features_supported) and hasattr(enc, "window_embeddings")
+
+    def _reuse_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
+        """Faithful windows of (g, n_mels, frames) into ``out`` (g, n_ts, D) by exact reuse (AudioNTT).
+
+        Window k covers frames [5k, 5k + 96) and sits on grid phase 5k mod 4 of the encoder's
+        4-frame output grid; its output frames 1..22 never see the window's zero padding, so they
+        equal clip-level frames of that phase, computed once (``AudioNTT.window_embeddings``), and
+        only its first and last output frames are recomputed. Windows go through in consecutive
+        runs whose frames (about ``window_batch`` windows' worth of frames per clip... all clips
+        together) bound memory; consecutive runs share 91 frames, recomputed (a few percent).
+        """
+        n_clips, n_ts = out.shape[:2]
+        width, hop = self.window_frames, self.hop_frames
+        x = self.normalize(mel).unsqueeze(1)  # (g, 1, n_mels, frames)
+        per_run = max(1, (self._budget_frames // n_clips - width) // hop + 1)
+        for k0 in range(0, n_ts, per_run):
+            k1 = min(n_ts, k0 + per_run)
+            segment = x[..., hop * k0 : hop * (k1 - 1) + width]
+            out[:, k0:k1] = self.encoder.window_embeddings(segment, k1 - k0, width, hop)
 
     def _fast_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """AudioNTT frame features computed once per clip, mean+max pooled per window into ``out``.

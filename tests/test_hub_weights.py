@@ -108,3 +108,79 @@ def test_hub_404_says_the_repo_does_not_exist(published):
     with pytest.raises(WeightsError, match="'abt-test/no-such-repo' does not exist") as err:
         hear_abt.load_model("abt-test/no-such-repo@v1")
     assert "training.pretrain" in str(err.value)  # and what to do instead
+
+
+# ------------------------------------------------------------------ hostile Hub ids and local paths
+
+BAD_HUB_IDS = [
+    ("abt-test/..", "path component"),
+    ("../tiny-vit", "starts with '.'"),
+    ("abt-test/tiny-vit@../../../../etc", "'..' path component"),
+    ("abt-test/tiny-vit@v1/../../x", "'..' path component"),
+    ("abt-test/tiny-vit@/etc/passwd", "starts or ends with '/'"),
+    ("abt-test/tiny-vit@refs//pr", "empty component"),
+    ("abt-test/tiny-vit@", "revision after '@' is empty"),
+    ("abt-test//tiny-vit", "empty component"),
+    ("/abt-test/tiny-vit", "starts with '/'"),
+    ("abt-test/" + "x" * 97, "97 characters; the Hub allows at most 96"),
+    ("o" * 200 + "/tiny-vit", "200 characters; the Hub allows at most 96"),
+    ("abt-test/tiny vit", "character(s) ' ' that the Hub does not allow"),
+    ("abt-test/tiny-vit@v1;rm", "character(s) ';'"),
+    ("abt-test/t\u00efny", "that the Hub does not allow"),
+    ("abt-test/tiny--vit", "'..' or '--'"),
+    ("abt-test/a/b", "exactly one '/'"),
+]
+
+
+@pytest.mark.parametrize("text,problem", BAD_HUB_IDS)
+def test_malformed_hub_ids_are_refused_before_any_request(published, text, problem):
+    with pytest.raises(WeightsError, match="valid Hub id") as err:
+        hear_abt.load_model(text)
+    assert problem in str(err.value)
+    assert sum(published.server.requests.values()) == 0
+
+
+@pytest.mark.parametrize(
+    "repo_id,revision,problem",
+    [
+        ("abt-test/tiny-vit", "../../outside", "'..' path component"),
+        ("abt-test/tiny-vit", "/abs", "starts or ends with '/'"),
+        ("abt-test/..", None, "path component"),
+        ("abt-test/" + "y" * 120, None, "at most 96"),
+    ],
+)
+def test_load_hub_itself_validates_before_any_request(published, repo_id, revision, problem):
+    from hear_abt.weights import _load_hub
+
+    with pytest.raises(WeightsError, match="invalid Hub id") as err:
+        _load_hub(repo_id, revision, "test")
+    assert problem in str(err.value)
+    assert sum(published.server.requests.values()) == 0
+
+
+def test_commit_and_pr_style_revisions_stay_valid(published):
+    commit = published.server.commit(REPO, "v1")
+    assert hear_abt.load_model(f"{REPO}@{commit}").config == CONFIG  # a 40-hex commit id
+    with pytest.raises(WeightsError, match="revision 'refs/pr/1' does not exist"):  # asked, not refused
+        hear_abt.load_model(f"{REPO}@refs/pr/1")
+    assert published.server.count(contains="refs") > 0
+
+
+def test_broken_symlink_or_loop_is_a_local_error_never_a_hub_request(published, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abt-test").mkdir()
+    (tmp_path / "abt-test" / "tiny-vit").symlink_to(tmp_path / "gone")  # Hub-shaped, broken
+    with pytest.raises(WeightsError, match=r"exists but cannot be read: broken symlink\?"):
+        hear_abt.load_model("abt-test/tiny-vit")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    with pytest.raises(WeightsError, match="exists but cannot be read: a symlink loop"):
+        hear_abt.load_model("loop/model")  # the loop is a parent of a Hub-shaped text
+    with pytest.raises(WeightsError, match="symlink loop"):
+        hear_abt.load_model("loop")
+    (tmp_path / "dead").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(WeightsError, match=r"broken symlink\?"):
+        hear_abt.load_model("dead/name@v1")
+    assert sum(published.server.requests.values()) == 0
+    # Hub-shaped text with nothing on disk does go to the Hub.
+    assert hear_abt.load_model(f"{REPO}@v1").config == CONFIG

@@ -243,3 +243,41 @@ def test_nan_normalisation_statistics_are_refused_in_every_format(tmp_path, stat
     torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "model_config": meta, "encoder": state}, pt)
     with pytest.raises(WeightsError, match="norm.std must be finite"):
         load_checkpoint(pt)
+
+
+def test_parse_hub_id_accepts_the_hubs_forms_and_refuses_the_rest():
+    from hear_abt.weights import hub_id_problem, parse_hub_id
+
+    assert parse_hub_id("org/name") == ("org/name", None)
+    assert parse_hub_id("my-org/abt_v1.2@v1") == ("my-org/abt_v1.2", "v1")
+    assert parse_hub_id("org/name@refs/pr/1") == ("org/name", "refs/pr/1")
+    assert parse_hub_id("org/name@" + "0123456789abcdef" * 2 + "01234567") == (
+        "org/name",
+        "0123456789abcdef" * 2 + "01234567",
+    )
+    assert parse_hub_id("o" * 96 + "/" + "n" * 96) is not None  # the Hub's limit, exactly
+    for bad in [
+        "org/..",
+        "org/name@../x",
+        "org/name@a/../b",
+        "org/name@/x",
+        "org//name",
+        "org/",
+        "/org/name",
+        "o" * 97 + "/n",
+        "org/n@a b",
+        "org/name@",
+        "name",
+        "org/name.git",
+        "org/.hidden",
+    ]:
+        assert parse_hub_id(bad) is None, bad
+        assert hub_id_problem(bad), bad
+
+
+def test_unreadable_local_path_says_so(tmp_path):
+    (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    with pytest.raises(WeightsError, match=r"exists but cannot be read: broken symlink\?"):
+        load_checkpoint(tmp_path / "broken")
+    with pytest.raises(WeightsError, match=r"exists but cannot be read: broken symlink\?"):
+        load_checkpoint(tmp_path / "broken" / "config.json")

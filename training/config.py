@@ -53,6 +53,9 @@ class TrainConfig:
     probe_every: int = 0
     probe_task: str = ""
     probe_max_clips: int = 2000
+    # "logreg": the cheap logistic regression; "linear": the paper's linear evaluation (Appendix B,
+    # training.linear_eval: Adam + early stopping, multiclass or multilabel tasks).
+    probe_protocol: str = "logreg"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +88,7 @@ class TrainConfig:
             ("probe_every", self.probe_every, int, lambda v: v >= 0),
             ("probe_task", self.probe_task, str, None),
             ("probe_max_clips", self.probe_max_clips, int, lambda v: v >= 1),
+            ("probe_protocol", self.probe_protocol, str, lambda v: v in ("logreg", "linear")),
         ]
         for name, value, types, ok in checks:
             # bool is an int subclass: refuse it where a number is meant.

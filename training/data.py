@@ -21,7 +21,7 @@ import torch
 
 from hear_abt.config import FrontendConfig, NormStats
 
-from .prepare import MANIFEST_NAME, SHARD_FORMAT_VERSION
+from .prepare import MANIFEST_NAME, SHARD_DTYPE, SHARD_FORMAT_VERSION
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,20 +38,83 @@ def _ensure_open_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+REPREPARE = "re-run `python -m training.prepare SRC DATA_DIR --overwrite` to rebuild it"
+
+
+class ShardDataError(ValueError):
+    """A prepared data folder is damaged: the message names the file and says how to rebuild it."""
+
+
+def _bad(path: Path, problem: str) -> ShardDataError:
+    return ShardDataError(f"{path}: {problem}; the prepared data is damaged or incomplete: {REPREPARE}")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, with the keys ShardDataset uses checked (types, not values)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _bad(path, f"not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise _bad(path, f"expected a JSON object, got {type(manifest).__name__}")
+    missing = [k for k in ("format_version", "frontend", "norm", "shards") if k not in manifest]
+    if missing:
+        raise _bad(path, f"lacks {missing}")
+    version = manifest["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _bad(path, f"format_version is {version!r}, not an integer")
+    if version > SHARD_FORMAT_VERSION:
+        raise ShardDataError(
+            f"{path}: shard format version {version} is newer than this code reads "
+            f"({SHARD_FORMAT_VERSION}); upgrade hear-abt, or {REPREPARE}"
+        )
+    try:
+        np.dtype(manifest.get("dtype", "float16"))
+    except TypeError as err:
+        raise _bad(path, f"dtype {manifest.get('dtype')!r} is not a numpy dtype") from err
+    for key in ("frontend", "norm"):
+        if not isinstance(manifest[key], dict):
+            raise _bad(path, f"{key!r} is not a JSON object")
+    shards = manifest["shards"]
+    if not isinstance(shards, list):
+        raise _bad(path, "'shards' is not a list")
+    for i, record in enumerate(shards):
+        if not isinstance(record, dict):
+            raise _bad(path, f"shard record {i} is not a JSON object")
+        missing = [k for k in ("data", "index", "clips", "sources") if k not in record]
+        if missing:
+            raise _bad(path, f"shard record {i} lacks {missing}")
+        clips = record["clips"]
+        if not isinstance(clips, int) or isinstance(clips, bool) or clips < 0:
+            raise _bad(path, f"shard record {i} has clips={clips!r}, not a count")
+        if not isinstance(record["sources"], list):
+            raise _bad(path, f"shard record {i}: 'sources' is not a list")
+        for key in ("data", "index"):
+            name = record[key]
+            if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise _bad(path, f"shard record {i} has {key}={name!r}, not a file inside the data folder")
+    return manifest
+
+
 class ShardDataset:
-    """The clips of a prepared folder; ``dataset[i]`` is clip i's float16 (n_mels, frames) log-mel."""
+    """The clips of a prepared folder; ``dataset[i]`` is clip i's float16 (n_mels, frames) log-mel.
+
+    Opening checks the folder cheaply (the manifest's keys, each shard's file sizes, array shapes
+    and dtypes from the ``.npy`` headers, and every clip's frame range against its shard's length)
+    without reading the log-mel data; a damaged folder is a :class:`ShardDataError` naming the file.
+    """
 
     def __init__(self, data_dir: PathLike):
         self.data_dir = Path(data_dir).resolve()
         manifest_path = self.data_dir / MANIFEST_NAME
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} not found; run `python -m training.prepare` first")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        version = self.manifest.get("format_version")
-        if not isinstance(version, int) or version > SHARD_FORMAT_VERSION:
-            raise ValueError(f"{manifest_path}: unsupported shard format version {version!r}")
-        self.frontend = FrontendConfig(**self.manifest["frontend"])
-        self.norm = NormStats(**self.manifest["norm"])
+        self.manifest: dict[str, Any] = _read_manifest(manifest_path)
+        try:
+            self.frontend = FrontendConfig(**self.manifest["frontend"])
+            self.norm = NormStats(**self.manifest["norm"])
+        except (TypeError, ValueError) as err:
+            raise _bad(manifest_path, f"invalid 'frontend' or 'norm' ({err})") from err
 
         shard_records = [r for r in self.manifest["shards"] if r["clips"] > 0]
         _ensure_open_file_limit(len(shard_records) + 256)
@@ -60,20 +123,67 @@ class ShardDataset:
         shard_of, offsets, lengths = [], [], []
         self.sources: list[str] = []
         for shard_id, record in enumerate(shard_records):
-            data = np.load(self.data_dir / record["data"], mmap_mode="r")
-            index = np.load(self.data_dir / record["index"])
-            if data.shape[1] != self.frontend.n_mels or len(index) != record["clips"]:
-                raise ValueError(f"shard {record['data']} does not match the manifest; re-run prepare")
-            self.shards.append(np.asarray(data))
+            data, index = self._open_shard(record)
+            self.shards.append(data)
             shard_of.append(np.full(len(index), shard_id, dtype=np.int32))
             offsets.append(index[:, 0])
             lengths.append(index[:, 1])
             self.sources.extend(record["sources"])
         if not self.shards:
-            raise ValueError(f"{manifest_path} lists no clips")
+            raise ShardDataError(f"{manifest_path} lists no clips: {REPREPARE} from a folder with audio")
         self.clip_shard = np.concatenate(shard_of)
         self.clip_offset = np.concatenate(offsets).astype(np.int64)
         self.clip_length = np.concatenate(lengths).astype(np.int64)
+
+    def _open_shard(self, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-map one shard and load its index, checking both against each other and the manifest."""
+        data_path, index_path = self.data_dir / record["data"], self.data_dir / record["index"]
+        for path, size_key in ((data_path, "data_bytes"), (index_path, "index_bytes")):
+            if not path.is_file():
+                raise _bad(path, "the shard file listed in the manifest is missing")
+            expected = record.get(size_key)
+            actual = path.stat().st_size
+            if isinstance(expected, int) and actual != expected:
+                raise _bad(path, f"the file has {actual} bytes, the manifest says {expected} (truncated?)")
+        try:
+            data = np.load(data_path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise _bad(data_path, f"not a readable .npy shard ({err}); truncated or corrupt") from err
+        dtype = np.dtype(self.manifest.get("dtype", np.dtype(SHARD_DTYPE).name))
+        if data.ndim != 2 or data.shape[1] != self.frontend.n_mels or data.dtype != dtype:
+            raise _bad(
+                data_path,
+                f"holds a {data.dtype} array of shape {data.shape}, expected {dtype} "
+                f"(frames, {self.frontend.n_mels})",
+            )
+        frames = record.get("frames")
+        if isinstance(frames, int) and data.shape[0] != frames:
+            raise _bad(data_path, f"holds {data.shape[0]} frames, the manifest says {frames}")
+        try:
+            index = np.load(index_path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise _bad(index_path, f"not a readable .npy index ({err}); truncated or corrupt") from err
+        if index.ndim != 2 or index.shape[1] != 2 or not np.issubdtype(index.dtype, np.integer):
+            raise _bad(
+                index_path,
+                f"holds a {index.dtype} array of shape {index.shape}, expected integers (clips, 2)",
+            )
+        if len(index) != record["clips"] or len(record["sources"]) != record["clips"]:
+            raise _bad(
+                index_path,
+                f"lists {len(index)} clips and the manifest {len(record['sources'])} sources, but the "
+                f"manifest says {record['clips']} clips",
+            )
+        starts, counts = index[:, 0].astype(np.int64), index[:, 1].astype(np.int64)
+        bad = np.flatnonzero((starts < 0) | (counts < 1) | (starts + counts > data.shape[0]))
+        if len(bad):
+            i = int(bad[0])
+            raise _bad(
+                index_path,
+                f"clip {i} spans frames [{starts[i]}, {starts[i] + counts[i]}) but its shard "
+                f"{data_path.name} has {data.shape[0]} frames ({len(bad)} clip(s) out of range)",
+            )
+        return np.asarray(data), index
 
     def __len__(self) -> int:
         return len(self.clip_length)
@@ -254,4 +364,4 @@ class CropSampler:
             raise ValueError(f"batch {self.batch} outside epoch of {self.batches_per_epoch} batches")
 
 
-__all__ = ["CropSampler", "ShardDataset"]
+__all__ = ["CropSampler", "ShardDataError", "ShardDataset"]

@@ -1,9 +1,15 @@
 """Linear-probe monitor: how good are the encoder's frozen scene embeddings, during pre-training?
 
 Every ``probe_every`` steps, the current encoder embeds the train and evaluation splits of a
-HEAR-format scene task (``abt_eval.devsuite`` makes some), a logistic regression is fitted on the
-train split and scored (accuracy) on ``valid`` (or ``test`` if the task has no valid split). The
+HEAR-format scene task (``abt_eval.devsuite`` makes some) and a linear classifier scores them. The
 score goes to TensorBoard and ``probe.csv``, and the best-scoring checkpoint is kept as ``best.pt``.
+Two protocols (``probe_protocol``):
+
+- ``"logreg"`` (default, cheap): a logistic regression fitted on the train split, accuracy on
+  ``valid`` (or ``test`` if the task has no valid split); multiclass tasks only.
+- ``"linear"``: the paper's linear evaluation (``training.linear_eval``: Adam, early stopping on
+  ``valid``), multiclass or multilabel. The monitor's score is the best *validation* score, so that
+  choosing ``best.pt`` never looks at the test split; ``python -m training.linear_eval`` reports test.
 """
 
 from __future__ import annotations
@@ -40,9 +46,33 @@ def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.nd
     return np.stack([np.pad(a, (0, length - len(a))) for a in audio]), labels
 
 
+PROTOCOLS = ("logreg", "linear")
+
+
 class LinearProbe:
-    def __init__(self, task_dir: str | Path, max_clips: int | None = 2000):
+    """``LinearProbe(task_dir, max_clips)``: the logistic-regression probe; ``protocol="linear"``: the
+    paper's linear evaluation (``crop_frames``: crop clips to the pre-training crop, None: whole clips)."""
+
+    def __init__(
+        self,
+        task_dir: str | Path,
+        max_clips: int | None = 2000,
+        protocol: str = "logreg",
+        crop_frames: int | None = None,
+        seed: int = 0,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"probe protocol {protocol!r} is not one of {PROTOCOLS}")
+        self.protocol = protocol
         self.task_dir = Path(task_dir).resolve()
+        if protocol == "linear":
+            from .linear_eval import HearTask, LinearEvalSettings
+
+            self.task = HearTask(self.task_dir, max_clips, seed)
+            self.settings = LinearEvalSettings(crop_frames=crop_frames, seed=seed).validate()
+            self.name = self.task.name
+            self.eval_split = "valid"
+            return
         meta = json.loads((self.task_dir / "task_metadata.json").read_text())
         if meta.get("embedding_type") != "scene" or meta.get("prediction_type") != "multiclass":
             raise ValueError(f"{self.task_dir}: the probe needs a scene, multiclass HEAR task")
@@ -62,8 +92,13 @@ class LinearProbe:
         ).numpy()
 
     def score(self, encoder: nn.Module, config: ModelConfig, device: torch.device) -> float:
-        """Accuracy of a logistic regression on frozen scene embeddings of ``encoder`` (a copy is used,
-        in eval mode, so training state and random streams are untouched)."""
+        """Score of frozen scene embeddings of ``encoder`` (a copy is used, in eval mode, so training
+        state and random streams are untouched): logistic-regression accuracy, or with
+        ``protocol="linear"`` the linear evaluation's best validation score."""
+        if self.protocol == "linear":
+            from .linear_eval import evaluate_encoder
+
+            return evaluate_encoder(encoder, config, self.task, self.settings, device).valid_score
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
