@@ -1,7 +1,7 @@
 """Evaluate ABT checkpoints with the real HEAR 2021 tools (heareval) and tabulate the results.
 
     python -m abt_eval.hear_eval --tasks-dir TASKS --out OUT_DIR --model NAME=SOURCE [--model NAME=SOURCE ...]
-        [--module hear_abt] [--random-baseline] [--grid default|fast|faster] [--tasks a,b]
+        [--module hear_abt] [--random-baseline] [--logmel-reference] [--grid default|fast|faster] [--tasks a,b]
         [--model-options JSON] [--seed 0]
 
 What it runs, the output layout, the scores and "% vs random", resuming: ``docs/evaluation.md``
@@ -58,6 +58,13 @@ class ModelSpec:
     name: str
     source: str
     baseline_of: str | None = None
+    module: str | None = None  # a HEAR module of its own (the log-mel reference); None: --module
+
+
+# The no-learning reference (--logmel-reference): a HEAR module without weights.
+LOGMEL_NAME = "logmel"
+LOGMEL_MODULE = "abt_eval.logmel"
+LOGMEL_SOURCE = "(no weights: abt_eval.logmel)"
 
 
 def parse_model_arg(text: str) -> ModelSpec:
@@ -195,9 +202,10 @@ def collect_scores(
     scores: dict[str, dict[str, TaskScore]] = {}
     for model in models:
         name = model.name if isinstance(model, ModelSpec) else model
+        own = model.module if isinstance(model, ModelSpec) else None
         scores[name] = {}
         for task in tasks:
-            folder = embed_task_dir(Path(out_dir), name, task, module, model_options)
+            folder = embed_task_dir(Path(out_dir), name, task, own or module, None if own else model_options)
             if (folder / SCORES_FILE).is_file():
                 scores[name][task] = read_primary_score(folder / SCORES_FILE, primary_metric(folder))
     return scores
@@ -292,11 +300,31 @@ class ResultsTable:
                 "mean 0, var 1); the sign is flipped for ↓ metrics, so positive always means better than "
                 "random."
             )
+        if LOGMEL_NAME in self.models:
+            notes.append(self._logmel_note())
         notes.append(
             f"average: mean over the {len(self.average_tasks)} tasks with a ↑ metric scored for every model "
             f"({', '.join(self.average_tasks) or 'none'}); its % compares the averages."
         )
         return "\n".join(lines + notes) + "\n"
+
+    def _logmel_note(self) -> str:
+        """Per model: on how many tasks it beats the log-mel reference (a trivial, no-learning one)."""
+        parts = []
+        for m in self.models:
+            if m == LOGMEL_NAME:
+                continue
+            pairs = [
+                (t, self.scores[t][m], self.scores[t][LOGMEL_NAME])
+                for t in self.tasks
+                if self.scores[t].get(m) is not None and self.scores[t].get(LOGMEL_NAME) is not None
+            ]
+            wins = [t for t, a, b in pairs if (a < b if lower_is_better(self.metrics[t]) else a > b)]
+            parts.append(f"{m} {len(wins)}/{len(pairs)}" + (f" ({', '.join(wins)})" if wins else ""))
+        return (
+            "logmel: the no-learning reference (abt_eval.logmel, log-mel mean + std over time); tasks on which "
+            "each model beats it: " + ("; ".join(parts) or "none scored") + "."
+        )
 
 
 def _fmt(v: float | None) -> str:
@@ -539,8 +567,8 @@ def compat_command(s: EvalSettings, mode: str) -> list[str]:
 
 
 def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings) -> list[str]:
-    cmd = compat_command(s, "embeddings") + [s.module]
-    if is_local_source(spec.source):
+    cmd = compat_command(s, "embeddings") + [spec.module or s.module]
+    if is_local_source(spec.source) and not spec.module:
         cmd += ["--model", str(Path(spec.source).expanduser().resolve())]
     cmd += [
         "--tasks-dir",
@@ -550,7 +578,7 @@ def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings) -> list[str]
         "--embeddings-dir",
         str((Path(s.out_dir) / "embeddings" / spec.name).resolve()),
     ]
-    if s.model_options:
+    if s.model_options and not spec.module:
         cmd += ["--model-options", json.dumps(s.model_options)]
     return cmd
 
@@ -562,13 +590,17 @@ def predictions_command(task_dir: Path, s: EvalSettings) -> list[str]:
 def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
     """Embeddings then predictions for one (model, task), skipping what is already done."""
     start = time.time()
-    folder = embed_task_dir(s.out_dir, spec.name, task, s.module, s.model_options)
+    folder = embed_task_dir(
+        s.out_dir, spec.name, task, spec.module or s.module, None if spec.module else s.model_options
+    )
     if (folder / SCORES_FILE).is_file():
         return PairResult(spec.name, task, "cached")
     log = log_path(s.out_dir, spec.name, task)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"# abt_eval.hear_eval: {spec.name} ({spec.source}) on {task}\n")
     env = _subprocess_env(spec.source)
+    if spec.module:  # a module of its own takes no weights
+        env.pop(WEIGHTS_ENV, None)
     cwd = Path(s.out_dir).resolve()
 
     def failed(msg: str) -> PairResult:
@@ -619,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", required=True, metavar="NAME=SOURCE", help="repeatable")
     ap.add_argument("--module", default="hear_abt", help="HEAR module for heareval (default: hear_abt)")
     ap.add_argument("--random-baseline", action="store_true", help="also evaluate <NAME>-random per model")
+    ap.add_argument(
+        "--logmel-reference",
+        action="store_true",
+        help="also evaluate the no-learning log-mel reference (abt_eval.logmel) as model `logmel`",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init baselines")
     ap.add_argument("--grid", default="default", choices=GRIDS, help="heareval probe grid")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of the tasks in --tasks-dir")
@@ -725,6 +762,8 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
             folder = (args.out / "random-init" / spec.name).resolve()
             specs.append(ModelSpec(name, str(folder), baseline_of=spec.name))
             baselines[spec.name] = name
+    if getattr(args, "logmel_reference", False):
+        specs.append(ModelSpec(LOGMEL_NAME, LOGMEL_SOURCE, module=LOGMEL_MODULE))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -307,6 +307,19 @@ def make_sampler(text: str, seed: int):
     raise SweepError(f"--sampler {text!r}: use tpe or random")
 
 
+def make_storage(url: str, heartbeat: int):
+    """Optuna RDB storage with heartbeats: a trial whose worker stops beating for 2 heartbeats is failed
+    (and re-queued once) by the next worker that starts a trial, on any machine."""
+    import optuna
+
+    storages = optuna.storages
+    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+        callback = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    else:
+        callback = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+    return storages.RDBStorage(url, heartbeat_interval=heartbeat, **callback)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -407,11 +420,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     n_reports = len(report_steps(total, max(1, steps_per_epoch), args.report_unit, args.report_every))
 
     storage_url = args.storage or f"sqlite:///{out / 'study.db'}"
-    storage = optuna.storages.RDBStorage(
-        storage_url,
-        heartbeat_interval=args.heartbeat,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
+    storage = make_storage(storage_url, args.heartbeat)
     study = optuna.create_study(
         storage=storage,
         study_name=args.study_name,

@@ -63,7 +63,7 @@ PRESETS = ("audioset-audiontt", "audioset-vitc-b")
 TARGETS = {"audioset-audiontt": 6000.0, "audioset-vitc-b": 3000.0}  # samples/s on one H100-class GPU
 # --tiny: cpu-tiny-like sizes, so that every section takes seconds on a CPU.
 TINY_COMMON = [
-    "batch_size=16",
+    "batch_size=8",
     "projector_hidden=256",
     "projector_out=64",
     "augment.mixup_bank_size=64",
@@ -73,8 +73,14 @@ TINY_COMMON = [
 ]
 TINY_ENCODER = {
     "audioset-audiontt": ['encoder_kwargs={"channels": 8, "mlp_dim": 64}'],
-    "audioset-vitc-b": ["encoder=vitc_t", 'encoder_kwargs={"depth": 1}'],
+    "audioset-vitc-b": [
+        "encoder=vitc_t",
+        'encoder_kwargs={"depth": 1, "dim": 64, "heads": 2, "stem_channels": [8, 16, 32, 64]}',
+    ],
 }
+
+
+TINY_VIT = {"depth": 1, "dim": 64, "heads": 2, "stem_channels": [8, 16, 32, 64]}
 
 
 class Report:
@@ -223,13 +229,13 @@ def hear_section(report: Report, device, args) -> None:
     import hear_abt
     from hear_abt.embedder import ABTEmbedder
 
-    seconds = 5.0 if args.tiny else args.clip_seconds
+    seconds = 3.0 if args.tiny else args.clip_seconds
     rng = np.random.default_rng(0)
     audio = torch.from_numpy((0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
     audio = audio[None].to(device)
     norm = NormStats(-5.0, 7.0)
     ntt = {"channels": 8, "mlp_dim": 64} if args.tiny else {}
-    vit, vit_kwargs = ("vitc_t", {"depth": 1}) if args.tiny else ("vitc_b", {})
+    vit, vit_kwargs = ("vitc_t", TINY_VIT) if args.tiny else ("vitc_b", {})
     cases = [
         ("audiontt", ntt, "faithful", "timestamps"),
         ("audiontt", ntt, "fast", "timestamps"),
@@ -432,9 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ddp-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     tiny = args.tiny
-    args.steps = args.steps or (3 if tiny else 40)
+    args.steps = args.steps or (2 if tiny else 40)
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 5)
-    args.loss_steps = args.loss_steps or (3 if tiny else 20)
+    args.loss_steps = args.loss_steps or (2 if tiny else 20)
     return args
 
 
@@ -481,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def reader_section() -> None:
             nonlocal reader
-            batch = 16 if args.tiny else 128
+            batch = 8 if args.tiny else 128
             reader = reader_rate(dataset, batch, 20 if args.tiny else 200)
             report.add("reader", f"CropSampler crops/s (batch {batch} x 96 frames)", reader, "crops/s")
 

@@ -27,6 +27,18 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def _pool2x2(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
+    """``MaxPool2d(2)`` of ``t[..., shift:]`` (floor mode), as 3 elementwise maxima of strided views.
+
+    Bit-identical to ``nn.MaxPool2d(2)`` and several times faster on the CPU (no indices, and a
+    time-shifted input needs no contiguous copy).
+    """
+    n, m = (t.shape[-1] - shift) // 2, t.shape[-2] // 2
+    t = t[..., : 2 * m, shift : shift + 2 * n]
+    pairs = torch.maximum(t[..., 0::2], t[..., 1::2])
+    return torch.maximum(pairs[..., 0::2, :], pairs[..., 1::2, :])
+
+
 class AudioNTT(Encoder):
     frame_features_supported = True
     KWARG_RANGES = {"n_mels": (4, 1024), "channels": (1, 4096), "mlp_dim": (1, 65536), "dropout": (0.0, 1.0)}
@@ -137,91 +149,105 @@ class AudioNTT(Encoder):
         if n_windows < 1 or hop < 1 or hop * (n_windows - 1) + width > x.shape[-1]:
             raise ValueError(f"{n_windows} windows of {width} every {hop} do not fit in {x.shape[-1]} frames")
         block1, block2 = self.features
-        conv1, conv2 = block1[0], block2[0]
-        act1, act2 = block1[1:-1], block2[1:-1]  # BN + ReLU
-        pool1, pool2 = block1[-1], block2[-1]
+        (conv1, bn1, relu), (conv2, bn2) = block1[:3], block2[:2]
         b, device = x.shape[0], x.device
         starts = torch.arange(n_windows, device=device) * hop
         ends = starts + width
+        # ReLU commutes with max-pooling (both monotone), so it runs after each pool, on 4x less.
 
-        def rows(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # (B, C, F, T) -> (B * n, C, F, 1)
-            return t[..., at].permute(0, 3, 1, 2).flatten(0, 1).unsqueeze(-1)
+        def conv1_edge(at: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+            """The window's pool1 frame next to an edge: conv1 at 2 frames from 3 input frames + padding."""
+            patch = x.unfold(-1, 3, 1)[..., at, :].permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B*n, 1, M, 3)
+            out = F.conv2d(F.pad(patch, pad), conv1.weight, conv1.bias, conv1.stride, (conv1.padding[0], 0))
+            return relu(_pool2x2(bn1(out)))  # (B*n, C, M/2, 1)
 
-        def conv1_at_edge(at: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-            """conv1 + BN + ReLU at one frame next to the padding: from frames at, at + 1."""
-            pair = x.unfold(-1, 2, 1)[..., at, :]  # (B, 1, M, n, 2)
-            pair = pair.permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B * n, 1, M, 2)
-            out = F.conv2d(F.pad(pair, pad), conv1.weight, conv1.bias, conv1.stride, (conv1.padding[0], 0))
-            return act1(out)  # (B * n, C, M, 1)
-
-        a1 = act1(conv1(x))  # (B, C, M, T)
-        # The window's pool1 frames 0 and n2-1 (the only ones that see its conv1 padding).
-        first = pool1(torch.cat([conv1_at_edge(starts, (1, 0)), rows(a1, starts + 1)], dim=-1))
-        last = pool1(torch.cat([rows(a1, ends - 2), conv1_at_edge(ends - 2, (0, 1))], dim=-1))
-        p1 = [pool1(a1[..., r:]) for r in (0, 1)]  # clip pool1, frame i <- conv1 frames 2i + r, 2i + r + 1
+        first = conv1_edge(starts, (1, 0))  # window pool1[0]: conv1 at start (padded), start + 1
+        last = conv1_edge(ends - 3, (0, 1))  # window pool1[-1]: conv1 at end - 2, end - 1 (padded)
+        a1 = bn1(conv1(x))  # (B, C, M, T), before ReLU
+        p1 = [relu(_pool2x2(a1, r)) for r in (0, 1)]  # clip pool1, frame i <- conv1 frames 2i + r, + 1
         del a1
 
-        parity = (starts % 2).repeat(b)[:, None, None, None]  # per (clip, window) row
+        # Clip pool1 frames, time-major, both parities in one table: rows for each window's edges.
+        n_even = p1[0].shape[-1]
+        table = torch.cat([p.permute(0, 3, 1, 2) for p in p1], dim=1)  # (B, T2e + T2o, C, F2)
+        parity = starts % 2
+        origin = torch.where(parity.bool(), n_even + (starts - 1) // 2, starts // 2)  # window pool1[0]
 
-        def p1_rows(offset: torch.Tensor) -> torch.Tensor:  # clip pool1 frame (start - r) / 2 + offset
-            even = rows(p1[0], (starts // 2 + offset).clamp(0, p1[0].shape[-1] - 1))
-            odd = rows(p1[1], ((starts - 1) // 2 + offset).clamp(0, p1[1].shape[-1] - 1))
-            return torch.where(parity.bool(), odd, even)
+        def p1_rows(offset: int) -> torch.Tensor:  # (B*n, C, F2): the window's pool1[offset], clip-level
+            return table[:, origin + offset].flatten(0, 1)
 
         half = width // 2  # pool1 frames per window
-        zero = torch.zeros_like(first)
+        zero = torch.zeros_like(first[..., 0])
+        # conv2's input for the first and last output frames, transposed (time before frequency)
         z = torch.cat(
             [
-                torch.cat([zero, first, p1_rows(1), p1_rows(2)], dim=-1),
-                torch.cat([p1_rows(half - 3), p1_rows(half - 2), last, zero], dim=-1),
+                torch.stack([zero, first[..., 0], p1_rows(1), p1_rows(2)], dim=2),
+                torch.stack([p1_rows(half - 3), p1_rows(half - 2), last[..., 0], zero], dim=2),
             ]
-        )  # (2 * B * n, C, F2, 4): conv2's input for the window's first and last output frames
-        a2 = F.conv2d(z, conv2.weight, conv2.bias, conv2.stride, (conv2.padding[0], 0))  # 2 positions
-        edges = self._flatten(pool2(act2(a2)))[:, 0]  # (2 * B * n, conv_dim)
-        del z, a2, first, last
+        )  # (2*B*n, C, 4, F2)
+        table = None  # free it: p1_rows is not used below
+        w2 = conv2.weight.transpose(-1, -2)
+        a2 = F.conv2d(z, w2, conv2.bias, conv2.stride[::-1], (0, conv2.padding[0]))  # 2 positions
+        edges = relu(_pool2x2(bn2(a2).transpose(-1, -2)))  # (2*B*n, C, F4, 1)
+        edges = self._flatten(edges)[:, 0]  # (2*B*n, conv_dim)
+        del z, a2
 
-        phase_conv = []  # phase p frame m <- input frames [p + 4m, p + 4m + 4)
+        phase_conv = [None] * stride  # phase p frame m <- input frames [p + 4m, p + 4m + 4)
         for r in (0, 1):
-            a2 = act2(conv2(p1[r]))
-            phase_conv += [self._flatten(pool2(a2[..., shift:])) for shift in (0, 1)]  # phases r, r + 2
-        phase_conv = [phase_conv[0], phase_conv[2], phase_conv[1], phase_conv[3]]
+            a2 = bn2(conv2(p1[r]))
+            for shift in (0, 1):
+                phase_conv[r + 2 * shift] = self._flatten(relu(_pool2x2(a2, shift)))
         p1.clear()
         del a2
         sizes = [h.shape[1] for h in phase_conv]
-        flat = torch.cat([h.flatten(0, 1) for h in phase_conv] + [edges])
-        feats = torch.cat([flat, self.mlp(flat)], dim=-1)  # as frame_features: conv then MLP features
-        del flat, phase_conv, edges
-        *phase_flat, edge_flat = feats.split([b * n for n in sizes] + [2 * b * n_windows])
-        phase_feats = [f.view(b, n, -1) for f, n in zip(phase_flat, sizes)]
-        first_f, last_f = edge_flat.view(2, b, n_windows, -1)
+        conv_rows = torch.cat([h.flatten(0, 1) for h in phase_conv] + [edges])
+        del phase_conv, edges
+        # Pool the conv features and their MLP features separately (no concatenated copy).
+        pooled = [
+            self._pool_windows(part, b, sizes, n_windows, width, hop)
+            for part in (conv_rows, self.mlp(conv_rows))
+        ]
+        return torch.cat(pooled, dim=-1)
 
-        out = torch.empty(b, n_windows, feats.shape[-1], device=device, dtype=feats.dtype)
+    def _pool_windows(
+        self, rows: torch.Tensor, b: int, sizes: list[int], n_windows: int, width: int, hop: int
+    ) -> torch.Tensor:
+        """Mean + max over each window's output frames, from the rows :meth:`window_embeddings` built.
+
+        ``rows``: the clip frames of the 4 phases (B * sizes[p] rows each) then the windows' first
+        and last frames (B * n_windows each). The windows of a phase are ``spacing`` frames apart,
+        so their inner frames are sums/maxima of shared blocks of ``spacing`` frames plus a rest.
+        """
+        stride = self.TIME_STRIDE
+        *phase_rows, edge_rows = rows.split([b * n for n in sizes] + [2 * b * n_windows])
+        first, last = edge_rows.view(2, b, n_windows, -1)
+        out = torch.empty(b, n_windows, rows.shape[-1], device=rows.device, dtype=rows.dtype)
         n_out = width // stride
         inner = n_out - 2 * self.WINDOW_EDGE_FRAMES
         cycle = math.lcm(hop, stride)
         per_cycle, spacing = cycle // hop, cycle // stride  # windows per cycle; their frame spacing
-        n_blocks, rem = divmod(inner, spacing)
+        n_blocks, rest = divmod(inner, spacing)
         for j0 in range(min(per_cycle, n_windows)):
-            ks = torch.arange(j0, n_windows, per_cycle, device=device)
             p = (hop * j0) % stride
-            frames = phase_feats[p]
-            first_inner = (hop * j0 - p) // stride + 1  # phase frame of the first window's output 1
-            n_win = len(ks)
-            parts_sum, parts_max = [first_f[:, ks], last_f[:, ks]], [first_f[:, ks], last_f[:, ks]]
+            frames = phase_rows[p].view(b, sizes[p], -1)
+            lo = (hop * j0 - p) // stride + 1  # phase frame of the first window's output frame 1
+            n_win = len(range(j0, n_windows, per_cycle))
+            total = first[:, j0::per_cycle] + last[:, j0::per_cycle]
+            peak = torch.maximum(first[:, j0::per_cycle], last[:, j0::per_cycle])
             if n_blocks:
-                span = frames[:, first_inner : first_inner + spacing * (n_win - 1 + n_blocks)]
-                span = span.reshape(b, n_win - 1 + n_blocks, spacing, -1)
-                block_sum = span.sum(dim=2).unfold(1, n_blocks, 1)  # (B, n_win, D, n_blocks)
-                block_max = span.amax(dim=2).unfold(1, n_blocks, 1)
-                parts_sum.append(block_sum.sum(dim=-1))
-                parts_max.append(block_max.amax(dim=-1))
-            for t in range(rem):
-                at = first_inner + spacing * torch.arange(n_win, device=device) + spacing * n_blocks + t
-                parts_sum.append(frames[:, at])
-                parts_max.append(frames[:, at])
-            total = torch.stack(parts_sum).sum(dim=0)
-            peak = torch.stack(parts_max).amax(dim=0)
-            out[:, ks] = total / n_out + peak
+                span = frames[:, lo : lo + spacing * (n_win - 1 + n_blocks)].view(
+                    b, n_win - 1 + n_blocks, spacing, -1
+                )
+                block_sum, block_max = span.sum(dim=2), span.amax(dim=2)
+                for i in range(n_blocks):
+                    total += block_sum[:, i : i + n_win]
+                    peak = torch.maximum(peak, block_max[:, i : i + n_win])
+            for t in range(rest):
+                at = lo + spacing * n_blocks + t
+                part = frames[:, at : at + spacing * (n_win - 1) + 1 : spacing]
+                total += part
+                peak = torch.maximum(peak, part)
+            out[:, j0::per_cycle] = total / n_out + peak
         return out
 
 

@@ -1,0 +1,65 @@
+"""abt_eval.ablate: two variants trained, scored, tabulated and charted; a rerun retrains nothing."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from test_linear_eval import write_tone_task
+from test_sweep import TINY, prepared_corpus
+
+from abt_eval import ablate
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    return prepared_corpus(root), write_tone_task(root / "tones")
+
+
+def test_variant_sets():
+    args = ablate.build_parser().parse_args(["--data", "d", "--task", "t", "--out", "o"])
+    assert [v.name for v in ablate.select_variants(args)][:2] == ["rlf", "mixup+rlf"]
+    args = ablate.build_parser().parse_args(
+        [
+            "--data",
+            "d",
+            "--task",
+            "t",
+            "--out",
+            "o",
+            "--set",
+            "lambda",
+            "--grid",
+            "crop_frames=32,64",
+            "--variant",
+            "mine: augment.rlf=false lambd=0.01",
+        ]
+    )
+    variants = ablate.select_variants(args)
+    assert [v.name for v in variants][-3:] == ["mine", "crop_frames=32", "crop_frames=64"]
+    assert variants[-3].overrides == ["augment.rlf=false", "lambd=0.01"]
+    assert variants[0].overrides == ["lambd=0.0005"]
+
+
+def test_two_variants_then_resume(setup, tmp_path, capsys):
+    data, task = setup
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, "checkpoint_every=3"]
+    argv += ["--only", "rlf,mixup+rrc+rlf", "--eval-max-clips", "6"]
+    assert ablate.main(argv) == 0
+    with open(out / "ablation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["rlf", "mixup+rrc+rlf"]
+    assert rows[0]["settings"] == "augment.mixup=false augment.rrc=false"
+    assert all(0.0 <= float(r["linear eval (accuracy, test)"]) <= 1.0 and r["steps"] == "6" for r in rows)
+    assert (out / "ablation.png").stat().st_size > 1000 and "| rlf |" in (out / "ablation.md").read_text()
+    first = capsys.readouterr().out
+    assert first.count(": trained,") == 2
+    assert ablate.main(argv) == 0  # resumable per variant: nothing is retrained
+    assert capsys.readouterr().out.count(": cached,") == 2
+    # A variant killed after its checkpoint continues from it (here: already at its last step).
+    (out / "variants" / "rlf" / "result.json").unlink()
+    assert ablate.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "rlf: trained" in text and "mixup+rrc+rlf: cached" in text

@@ -1,0 +1,140 @@
+"""Exact reuse in AudioNTT's faithful timestamp mode equals encoding every window on its own.
+
+The reference is independent of the embedder's code: each 96-frame window of the normalised,
+centred log-mel goes through ``encoder.forward`` (with its own zero padding), in float64 where the
+comparison must show that the two paths compute the same function (differences ~1e-15), in
+float32 through the public API where they differ by float32 rounding only.
+"""
+
+import pytest
+import torch
+
+import hear_abt
+from hear_abt.config import ModelConfig, NormStats
+from hear_abt.embedder import ABTEmbedder
+from hear_abt.weights import save_pretrained
+
+SR = 16000
+
+
+def trained_like(encoder_kwargs=None, seed=0):
+    """An embedder whose BatchNorms are not the identity (perturbed statistics and affine terms)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(encoder="audiontt", encoder_kwargs=encoder_kwargs or {}, norm=NormStats(-6.0, 3.5))
+    model = ABTEmbedder(config)
+    for m in model.encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-1.5, 1.5)  # negative scales too: pooling must not commute with BN
+            m.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def clips(n, n_samples, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n_samples) / SR
+    tones = torch.stack([torch.sin(2 * torch.pi * (180 + 170 * i) * t) for i in range(n)])
+    return 0.2 * tones + 0.05 * torch.randn(n, n_samples, generator=g)
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def per_window_reference(model, mel):
+    """Every window through ``encoder.forward`` on its own: (g, n_ts, D), in mel's dtype."""
+    x = model.normalize(mel)
+    windows = x.unfold(-1, model.window_frames, model.hop_frames)  # (g, n_mels, n_ts, 96)
+    return torch.stack([model.encoder(windows[:, :, k].unsqueeze(1)) for k in range(windows.shape[2])], 1)
+
+
+@torch.no_grad()
+def test_only_the_first_and_last_output_frames_see_the_window_edges():
+    """By experiment: which output frames differ from the clip-level ones, and what each one sees."""
+    model = trained_like({"channels": 8, "mlp_dim": 16}).double()
+    enc = model.encoder
+    assert enc.WINDOW_EDGE_FRAMES == 1
+    x = torch.randn(1, 1, 64, 400, dtype=torch.float64)
+    for start in (40, 41, 42, 43, 45):  # all 4 grid phases
+        window = enc.frame_features(x[..., start : start + 96])[0]  # (24, D)
+        phase = start % 4
+        clip = enc.frame_features(x[..., phase:])[0]  # clip-level frames on the window's phase
+        base = (start - phase) // 4
+        same = [rel(window[i], clip[base + i]) < 1e-12 for i in range(24)]
+        assert same == [False] + [True] * 22 + [False], same
+    # Receptive field: output i changes exactly when an input frame in [4i - 3, 4i + 7) changes.
+    w = x[..., :96]
+    ref = enc.frame_features(w)[0]
+    for t in range(96):
+        bumped = w.clone()
+        bumped[..., t] += 1.0
+        changed = {i for i in range(24) if (enc.frame_features(bumped)[0][i] - ref[i]).abs().max() > 0}
+        assert changed == {i for i in range(24) if 4 * i - enc.CONTEXT_BEFORE < t < 4 * i + 7}, t
+
+
+@pytest.mark.parametrize(
+    "n_samples",
+    [1, 100, 15199, 15200, 15201, 16000, 16001, 800 * 37, 800 * 37 + 1, 3 * SR + 17],
+)
+@torch.no_grad()
+def test_reuse_equals_per_window_in_float64(n_samples):
+    model = trained_like({"channels": 8, "mlp_dim": 32}).double()
+    audio = clips(3, n_samples)
+    mel = model._centred_logmel(audio).double()
+    n_ts = model.num_timestamps(n_samples)
+    out = torch.empty(3, n_ts, model.timestamp_embedding_size, dtype=torch.float64)
+    model._reuse_windows(mel, out)
+    ref = per_window_reference(model, mel)
+    assert ref.shape == out.shape
+    assert rel(ref, out) < 1e-12
+    for k in (0, n_ts - 1):  # the first and last windows, per clip
+        for c in range(3):
+            assert rel(ref[c, k], out[c, k]) < 1e-12
+
+
+@pytest.mark.parametrize("window_batch", [1, 3, 64])
+@torch.no_grad()
+def test_public_faithful_equals_per_window_in_float32(tmp_path, window_batch):
+    """Full-size AudioNTT through load_model; small window_batch values force many runs of windows.
+
+    The float32 per-window path itself is ~6e-7 (of the largest value) from the float64 answer, so
+    a 1e-6 bound on the two float32 paths' difference is float rounding, not a different function.
+    """
+    model = trained_like()
+    folder = save_pretrained(tmp_path / "m", model.config, model.encoder.state_dict())
+    audio = clips(2, int(2.37 * SR), seed=window_batch)
+    fast = hear_abt.load_model(folder, window_batch=window_batch)
+    slow = hear_abt.load_model(folder, timestamp_mode="per_window", window_batch=window_batch)
+    assert fast._exact_reuse
+    e1, t1 = hear_abt.get_timestamp_embeddings(audio, fast)
+    e2, t2 = hear_abt.get_timestamp_embeddings(audio, slow)
+    assert e1.dtype == torch.float32 and e1.shape == e2.shape and torch.equal(t1, t2)
+    assert rel(e2, e1) < 1e-6
+    # And each clip alone gives its row of the batch (within the same rounding).
+    alone, _ = hear_abt.get_timestamp_embeddings(audio[1:], fast)
+    assert rel(e1[1:], alone) < 1e-6
+
+
+@torch.no_grad()
+def test_long_clip_in_runs_equals_reference_float64():
+    """A clip spanning many runs of windows (tiny budget), against the independent reference."""
+    torch.manual_seed(1)
+    config = ModelConfig(encoder="audiontt", encoder_kwargs={"channels": 4, "mlp_dim": 8})
+    model = ABTEmbedder(config, window_batch=2).double()
+    audio = clips(1, 7 * SR + 333)
+    mel = model._centred_logmel(audio).double()
+    out = torch.empty(
+        1, model.num_timestamps(audio.shape[1]), model.timestamp_embedding_size, dtype=torch.float64
+    )
+    model._reuse_windows(mel, out)
+    assert rel(per_window_reference(model, mel), out) < 1e-12
+
+
+def test_modes():
+    ntt = ABTEmbedder(ModelConfig(encoder="audiontt", encoder_kwargs={"channels": 4, "mlp_dim": 8}))
+    assert ntt._exact_reuse
+    vit = ABTEmbedder(ModelConfig(encoder="vitc_t", encoder_kwargs={"depth": 1}), timestamp_mode="per_window")
+    assert not vit._exact_reuse  # ViTs: faithful is the per-window path
+    with pytest.raises(ValueError, match="timestamp_mode"):
+        ABTEmbedder(ModelConfig(), timestamp_mode="exact")

@@ -1,0 +1,208 @@
+"""abt_eval.sweep: search spaces, a 2-trial study with pruning, failures recorded, and kill + resume.
+
+Tiny everything: 30 generated 2 s clips prepared with training.prepare, an 8-channel AudioNTT, a few
+steps per trial, a tone task of 24 clips (``test_linear_eval.write_tone_task``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import soundfile as sf
+from test_linear_eval import write_tone_task
+
+from abt_eval import sweep
+from training import prepare
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "--preset",
+    "cpu-tiny",
+    'encoder_kwargs={"channels": 8, "mlp_dim": 64}',
+    "projector_hidden=128",
+    "projector_out=64",
+    "batch_size=8",
+    "augment.mixup_bank_size=32",
+    "steps=6",
+]
+
+
+def prepared_corpus(root: Path, n: int = 30) -> Path:
+    """``n`` short clips (tones, chirps, noise bursts) prepared into shards under ``root/data``."""
+    audio = root / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            wave = np.sin(2 * np.pi * 150 * 2 ** (i / 6) * t)
+        elif kind == 1:
+            wave = np.sin(2 * np.pi * (300 + 1500 * t) * t) * np.exp(-t)
+        else:
+            wave = rng.standard_normal(t.size) * np.exp(-4 * (t % 0.5))
+        sf.write(audio / f"c{i:02d}.wav", (0.3 * wave).astype(np.float32), 16000)
+    prepare.prepare(audio, root / "data", workers=1, progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return prepared_corpus(root), write_tone_task(root / "tones")
+
+
+def argv(data, task, out, *extra):
+    return ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, *extra]
+
+
+def load(out, name="abt-sweep"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_space_specs_and_presets(tmp_path):
+    p = sweep.parse_spec("lr_weights", "log:1e-3:1")
+    assert (p.kind, p.low, p.high) == ("log", 1e-3, 1.0)
+    assert sweep.parse_spec("optimizer", "cat:lars,adamw").choices == ("lars", "adamw")
+    assert sweep.parse_spec("augment.mixup", "cat:true,false").choices == (True, False)
+    assert sweep.parse_spec("batch_size", "int:16:64:16").step == 16
+    for bad in ("log:0:1", "float:1:0", "log:a:b", "beta:0:1", "cat:"):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_spec("x", bad)
+    params, fixed = sweep.build_space("paper-lars", ["lr_biases=log:1e-5:1e-3"], None)
+    assert {p.name: (p.low, p.high) for p in params} == {
+        "lr_weights": (1e-3, 1.0),
+        "lr_biases": (1e-5, 1e-3),
+        "weight_decay": (1e-8, 1e-4),
+    }
+    assert fixed == {"optimizer": "lars"}
+    params, fixed = sweep.build_space("paper-adamw", [], None)
+    assert fixed["optimizer"] == "adamw" and {p.name for p in params} == {"lr_weights", "weight_decay"}
+    for missing in ("paper-adam", "paper-sgd"):
+        with pytest.raises(sweep.SweepError, match="does not implement"):
+            sweep.build_space(missing, [], None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("space:\n  augment.mixup_ratio: float:0:0.5\nfixed:\n  optimizer: adamw\n")
+    params, fixed = sweep.build_space(None, [], space_file)
+    assert params[0].name == "augment.mixup_ratio" and fixed == {"optimizer": "adamw"}
+    cfg = sweep.trial_config("cpu-tiny", [], {"augment.mixup_ratio": 0.3, "optimizer": "adamw"})
+    assert cfg.augment.mixup_ratio == 0.3 and cfg.optimizer == "adamw"
+    assert sweep.report_steps(10, 4, "epoch", 1) == [4, 8, 10]
+    assert sweep.report_steps(10, 4, "steps", 3) == [3, 6, 9, 10]
+
+
+def test_two_trials_pruned_and_reported(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space", "lr_weights=log:1e-2:1", "--n-trials", "2", "--report-unit", "steps"]
+    extra += ["--report-every", "3", "--pruner", "threshold:1.01", "--eval-max-clips", "6"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    study = load(out)
+    trials = study.get_trials()
+    # Every score is below 1.01: each trial is pruned at its first report (step 3 of 6).
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [1] for t in trials)
+    assert (out / "trials" / "0000" / "reports.csv").read_text().count("\n") == 2
+    assert "PRUNED" in (out / "summary.md").read_text()
+
+
+def test_hyperband_study_writes_db_importances_and_plots(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space", "lr_weights=log:1e-2:1", "--space", "augment.mixup_ratio=float:0:0.4"]
+    extra += ["--n-trials", "2", "--report-unit", "steps", "--report-every", "3", "--eval-max-clips", "6"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    study = load(out)
+    assert isinstance(study.pruner, optuna.pruners.BasePruner)
+    done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 2 and all(t.intermediate_values for t in done)
+    assert (out / "study.db").stat().st_size > 0
+    assert (out / "plots" / "history.png").stat().st_size > 1000
+    assert "fanova" in json.loads((out / "importances.json").read_text())
+    # The same command again: the study is complete, nothing new runs.
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    assert len(load(out).get_trials()) == 2
+    # Other settings on the same study are refused.
+    assert sweep.main(argv(data, task, out, *extra[:2], "--n-trials", "2")) == 2
+
+
+def test_report_has_fanova_importances_and_plots(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    dists = {
+        "lr_weights": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+        "weight_decay": optuna.distributions.FloatDistribution(1e-8, 1e-4, log=True),
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # the score depends on lr_weights only
+        lr, wd = 10 ** rng.uniform(-3, 0), 10 ** rng.uniform(-8, -4)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr_weights": lr, "weight_decay": wd},
+                distributions=dists,
+                value=float(np.log10(lr)),
+                intermediate_values={1: float(np.log10(lr)) - 0.1, 2: float(np.log10(lr))},
+            )
+        )
+    paths = sweep.write_report(study, tmp_path)
+    imp = json.loads(paths["importances"].read_text())["fanova"]
+    assert imp["lr_weights"] > 0.8 > imp["weight_decay"]
+    for name in ("history", "importances", "parallel_coordinate", "slice", "intermediate_values"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000, name
+    assert json.loads(paths["best"].read_text())["params"]["lr_weights"] == study.best_params["lr_weights"]
+
+
+def test_failed_trial_is_recorded_and_does_not_stop_the_study(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    extra = [
+        "--space",
+        "batch_size=cat:8,1000",
+        "--n-trials",
+        "1",
+        "--max-failures",
+        "3",
+        "--sampler",
+        "random",
+    ]
+    extra += ["--report-unit", "steps", "--report-every", "6", "--eval-max-clips", "6", "--pruner", "none"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    trials = load(out).get_trials()
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert all("do not fill one batch" in t.user_attrs["error"] for t in failed)
+    assert [t.state.name for t in trials].count("COMPLETE") == 1  # the study went on after each failure
+
+
+def test_sigkill_mid_study_then_resume(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space", "lr_weights=log:1e-2:1", "--n-trials", "3", "--pruner", "none"]
+    extra += ["--report-unit", "steps", "--report-every", "3", "--eval-max-clips", "6"]
+    cmd = [sys.executable, "-m", "abt_eval.sweep", *argv(data, task, out, *extra)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = out / "trials" / "0001" / "config.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read().decode() if proc.poll() is not None else "timed out"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = load(out).get_trials()
+    assert [t.state.name for t in killed] == ["COMPLETE", "RUNNING"]
+
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    trials = load(out).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and states[1] == "FAIL"
+    assert "killed" in trials[1].user_attrs["error"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == trials[1].params and retry[0].state.name == "COMPLETE"
