@@ -42,11 +42,11 @@ def rel(a, b):
     return float((a - b).abs().max() / a.abs().max())
 
 
-def per_window_reference(model, mel):
-    """Every window through ``encoder.forward`` on its own: (g, n_ts, D), in mel's dtype."""
+def per_window_reference(model, mel, n_ts):
+    """Windows 0..n_ts-1 through ``encoder.forward``, each on its own: (g, n_ts, D), in mel's dtype."""
     x = model.normalize(mel)
-    windows = x.unfold(-1, model.window_frames, model.hop_frames)  # (g, n_mels, n_ts, 96)
-    return torch.stack([model.encoder(windows[:, :, k].unsqueeze(1)) for k in range(windows.shape[2])], 1)
+    windows = x.unfold(-1, model.window_frames, model.hop_frames)  # (g, n_mels, >= n_ts, 96)
+    return torch.stack([model.encoder(windows[:, :, k].unsqueeze(1)) for k in range(n_ts)], 1)
 
 
 @torch.no_grad()
@@ -85,7 +85,7 @@ def test_reuse_equals_per_window_in_float64(n_samples):
     n_ts = model.num_timestamps(n_samples)
     out = torch.empty(3, n_ts, model.timestamp_embedding_size, dtype=torch.float64)
     model._reuse_windows(mel, out)
-    ref = per_window_reference(model, mel)
+    ref = per_window_reference(model, mel, n_ts)
     assert ref.shape == out.shape
     assert rel(ref, out) < 1e-12
     for k in (0, n_ts - 1):  # the first and last windows, per clip
@@ -93,7 +93,7 @@ def test_reuse_equals_per_window_in_float64(n_samples):
             assert rel(ref[c, k], out[c, k]) < 1e-12
 
 
-@pytest.mark.parametrize("window_batch", [1, 3, 64])
+@pytest.mark.parametrize("window_batch", [1, 5, 64])
 @torch.no_grad()
 def test_public_faithful_equals_per_window_in_float32(tmp_path, window_batch):
     """Full-size AudioNTT through load_model; small window_batch values force many runs of windows.
@@ -103,7 +103,7 @@ def test_public_faithful_equals_per_window_in_float32(tmp_path, window_batch):
     """
     model = trained_like()
     folder = save_pretrained(tmp_path / "m", model.config, model.encoder.state_dict())
-    audio = clips(2, int(2.37 * SR), seed=window_batch)
+    audio = clips(2, int(1.37 * SR), seed=window_batch)
     fast = hear_abt.load_model(folder, window_batch=window_batch)
     slow = hear_abt.load_model(folder, timestamp_mode="per_window", window_batch=window_batch)
     assert fast._exact_reuse

@@ -130,7 +130,8 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir) -> dict[str, Any]:
         run = run_dir.read_run()
         if args.preset is not None or args.overrides:
             asked = _flat(requested_settings(args.preset or run["preset"], args.overrides))
-            have = _flat(run["train"])
+            # Through the config class, so that settings added since the run started take their defaults.
+            have = _flat(TrainConfig.from_dict(run["train"]).to_dict())
             diff = [
                 f"{k} (run: {have.get(k)!r}, given: {asked[k]!r})" for k in asked if asked[k] != have.get(k)
             ]
@@ -208,7 +209,13 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
         if full is not None:
             save_checkpoint(path, full)
 
-    probe = LinearProbe(cfg.probe_task, cfg.probe_max_clips) if cfg.probe_every and is_main else None
+    probe = (
+        LinearProbe(
+            cfg.probe_task, cfg.probe_max_clips, protocol=cfg.probe_protocol, crop_frames=cfg.crop_frames
+        )
+        if cfg.probe_every and is_main
+        else None
+    )
     monitor = Monitor(run_dir.path, resume_step=state.step) if is_main else None
     bar = tqdm(
         total=state.total_steps,
