@@ -102,3 +102,22 @@ def test_valid_configs_still_build_and_round_trip():
         ModelConfig(encoder="vitc_t", encoder_kwargs={"depth": 1}, norm=NormStats(-5.0, 3.0)),
     ):
         assert ModelConfig.from_json(config.to_json()) == config
+
+
+def test_shape_only_builds_stay_out_of_torch_dynamo():
+    """Checking a config dry-builds its encoder on the meta device; ops without meta kernels there go
+    through torch's Python references, which import torch._dynamo and triton: seconds per load, and a
+    segfault in a process that imported TensorFlow first (as hear-validator does). None may be used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hear_abt.config import ModelConfig\n"
+        "from hear_abt.encoders import list_encoders\n"
+        "for name in list_encoders():\n"
+        "    ModelConfig(encoder=name)\n"
+        "sys.exit(3 if 'torch._dynamo' in sys.modules else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torch._dynamo was imported by a config check: {done.stderr[-1500:]}"

@@ -66,7 +66,7 @@ def test_only_the_first_and_last_output_frames_see_the_window_edges():
     # Receptive field: output i changes exactly when an input frame in [4i - 3, 4i + 7) changes.
     w = x[..., :96]
     ref = enc.frame_features(w)[0]
-    for t in range(96):
+    for t in [*range(12), *range(42, 54), *range(84, 96)]:  # both edges and a stretch inside
         bumped = w.clone()
         bumped[..., t] += 1.0
         changed = {i for i in range(24) if (enc.frame_features(bumped)[0][i] - ref[i]).abs().max() > 0}
@@ -103,7 +103,7 @@ def test_public_faithful_equals_per_window_in_float32(tmp_path, window_batch):
     """
     model = trained_like()
     folder = save_pretrained(tmp_path / "m", model.config, model.encoder.state_dict())
-    audio = clips(2, int(1.37 * SR), seed=window_batch)
+    audio = clips(2, int(1.03 * SR), seed=window_batch)
     fast = hear_abt.load_model(folder, window_batch=window_batch)
     slow = hear_abt.load_model(folder, timestamp_mode="per_window", window_batch=window_batch)
     assert fast._exact_reuse
@@ -128,7 +128,7 @@ def test_long_clip_in_runs_equals_reference_float64():
         1, model.num_timestamps(audio.shape[1]), model.timestamp_embedding_size, dtype=torch.float64
     )
     model._reuse_windows(mel, out)
-    assert rel(per_window_reference(model, mel), out) < 1e-12
+    assert rel(per_window_reference(model, mel, out.shape[1]), out) < 1e-12
 
 
 def test_modes():

@@ -26,8 +26,10 @@ def sincos_2d(grid_f: int, grid_t: int, dim: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"embedding width must be divisible by 4, got {dim}")
     quarter = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    f, t = torch.meshgrid(torch.arange(grid_f), torch.arange(grid_t), indexing="ij")
+    # Always computed on the CPU (then moved with the module), also inside a meta-device build.
+    cpu = torch.device("cpu")
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64, device=cpu) / quarter))
+    f, t = torch.meshgrid(torch.arange(grid_f, device=cpu), torch.arange(grid_t, device=cpu), indexing="ij")
 
     def encode(pos: torch.Tensor) -> torch.Tensor:
         angles = pos.reshape(-1, 1).double() * omega[None]
@@ -172,11 +174,15 @@ class ViT(Encoder):
         else:
             self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.normal_(self.cls_token, std=0.02)
         self.register_buffer("pos_embed", sincos_2d(*self.grid, dim)[None], persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(self._init_weights)
+        # A shape-only build on the meta device (config and weight checks) needs no initial values; and
+        # on meta, normal_ runs through torch's Python references, which import torch._dynamo and
+        # triton: slow, and a segfault in a process that imported TensorFlow first (hear-validator).
+        if not self.cls_token.is_meta:
+            nn.init.normal_(self.cls_token, std=0.02)
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
