@@ -184,8 +184,8 @@ class ABTEmbedder(nn.Module):
         4-frame output grid; its output frames 1..22 never see the window's zero padding, so they
         equal clip-level frames of that phase, computed once (``AudioNTT.window_embeddings``), and
         only its first and last output frames are recomputed. Windows go through in consecutive
-        runs whose frames (about ``window_batch`` windows' worth of frames per clip... all clips
-        together) bound memory; consecutive runs share 91 frames, recomputed (a few percent).
+        runs of about ``window_batch`` windows' worth of frames (all clips of the group together),
+        which bounds memory; consecutive runs share 91 frames, recomputed (a few percent).
         """
         n_clips, n_ts = out.shape[:2]
         width, hop = self.window_frames, self.hop_frames
