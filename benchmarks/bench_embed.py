@@ -113,6 +113,26 @@ def throughput(model, audio: torch.Tensor, kind: str, repeats: int) -> float:
     return seconds / timed(lambda: call(audio, model), repeats)
 
 
+def window_gflop(model) -> float:
+    """Forward FLOPs of the encoder on one 950 ms window (torch's FLOP counter), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(8, 1, model.config.frontend.n_mels, model.window_frames)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.encoder(x)
+    return counter.get_total_flops() / 8 / 1e9
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate right now: the ceiling for a compute-bound encoder."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -371,6 +391,19 @@ def main() -> None:
                 else f"{'-':>8s} {'-':>8s} {'-':>14s}"
             )
             print(f"  {enc:<9s} {secs:>5.0f}s {pw} {fs} {scene:>7.1f}x")
+            if not has_fast[enc]:
+                # Every window goes through the whole network: the encoder is compute-bound, so
+                # compare its achieved rate with what a plain matmul gets from the same cores.
+                model = load(folders[enc], "faithful")
+                gflop = window_gflop(model)
+                windows_per_audio_s = 1000 / 50
+                achieved = faithful * windows_per_audio_s * gflop
+                peak = matmul_gflops()
+                print(
+                    f"  {'':<9s} {gflop:.2f} GFLOP per window, {windows_per_audio_s * gflop:.0f} GFLOP per audio "
+                    f"second: {achieved:.1f} GFLOP/s achieved vs {peak:.1f} GFLOP/s fp32 matmul now "
+                    f"({achieved / peak:.0%}); ceiling {peak / (windows_per_audio_s * gflop):.2f}x real time"
+                )
         if main_enc is not None:
             per_window, faithful, fast, _ = rows[main_enc]
             ok1 = faithful >= TARGET_FAITHFUL_RT
