@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .devices import parse_device
+
 
 def _check_writable_location(out: Path, what: str) -> None:
     parent = out.parent
@@ -62,18 +64,9 @@ def _check_out_dir(out: Path) -> None:
 
 def _check_device(device: str) -> torch.device:
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise SystemExit(
-            f"error: --device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}"
-        ) from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"error: --device {device} asked for, but this torch sees no CUDA GPU; use --device cpu"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise SystemExit(f"error: --device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
+        return parse_device(device)
+    except ValueError as err:
+        raise SystemExit(f"error: --device {err}") from None
 
 
 def expand_audio_args(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

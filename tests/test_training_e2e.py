@@ -153,7 +153,7 @@ def test_resume_from_a_corrupt_checkpoint_and_bad_devices_are_clear_errors(corpu
     last.write_bytes(last.read_bytes()[:1000])  # cut short, as by a full disk or a broken copy
     with pytest.raises(SystemExit, match=r"cannot resume from .*last.pt.*restore it from a backup"):
         pretrain.main(["--run-dir", str(tmp_path / "run"), "--resume", "--no-progress"])
-    with pytest.raises(SystemExit, match="is not a device"):
+    with pytest.raises(SystemExit, match="is not a torch device"):
         run(corpus, tmp_path / "other", "--device", "warp-drive")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="torch sees no CUDA device"):

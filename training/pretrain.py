@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from hear_abt.config import ModelConfig
+from hear_abt.devices import parse_device
 
 from . import engine
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -91,21 +92,9 @@ def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     rank = int(os.environ.get("RANK", "0"))
     if device_arg:
         try:
-            device = torch.device(device_arg)
-        except RuntimeError as err:
-            raise SystemExit(
-                f"error: --device {device_arg!r} is not a device ({err}); use cpu, cuda or cuda:N"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(
-                f"error: --device {device_arg} asked for CUDA, but torch sees no CUDA device here; use --device cpu"
-            )
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise SystemExit(
-                f"error: --device {device_arg}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-        if device.type not in ("cpu", "cuda"):
-            raise SystemExit(f"error: --device {device_arg}: training runs on cpu or cuda")
+            device = parse_device(device_arg)
+        except ValueError as err:
+            raise SystemExit(f"error: --device {err}") from None
     elif torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     else:
