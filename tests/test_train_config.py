@@ -1,0 +1,68 @@
+"""Training settings: presets, checks before anything is built, --help per preset, per-rank seeds."""
+
+import pytest
+
+from training import engine, pretrain
+from training.config import DEFAULT_PRESET, PRESETS, build_config
+from training.optim import lr_factor
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_valid(preset):
+    cfg = build_config(preset)
+    assert cfg.validate() is cfg
+
+
+def test_cpu_hour_is_the_documented_recipe():
+    cfg = build_config("cpu-hour")
+    assert cfg.encoder_kwargs == {"channels": 32, "mlp_dim": 512}
+    assert (cfg.projector_hidden, cfg.projector_out, cfg.batch_size, cfg.steps) == (2048, 256, 128, 480)
+    # The run length is a setting, not an epoch cap plus a flag.
+    assert engine.run_length(cfg, steps_per_epoch=7) == 480
+    assert engine.run_length(build_config("cpu-tiny"), steps_per_epoch=7) == 20 * 7
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_size=1", "batch_size=1 is out of range"),
+        ("batch_size=true", "batch_size=True has the wrong type"),
+        ("lr_weights=-1", "lr_weights=-1 is out of range"),
+        ("precision=fp8", "precision='fp8' is out of range"),
+        ("optimizer=sgd", "optimizer='sgd' is out of range"),
+        ("warmup_fraction=2", "warmup_fraction=2 is out of range"),
+        ("steps=2.5", "steps=2.5 has the wrong type"),
+        ("probe_every=5", "probe_every needs probe_task"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_built(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config("cpu-tiny", [override])
+
+
+def test_help_lists_the_chosen_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--preset", "cpu-hour", "--run-dir", "x", "--help"])
+    out = capsys.readouterr().out
+    assert "Settings of preset 'cpu-hour'" in out and "steps = 480" in out and "batch_size = 128" in out
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--run-dir", "x", "--help"])
+    assert f"Settings of preset '{DEFAULT_PRESET}'" in capsys.readouterr().out
+
+
+def test_rank_seeds_differ_across_ranks_and_streams_and_are_stable():
+    seeds = {(r, s): engine.rank_seed(0, r, s) for r in range(4) for s in ("torch", "augment", "python")}
+    assert len(set(seeds.values())) == len(seeds)
+    assert engine.rank_seed(0, 1, "augment") == seeds[1, "augment"]
+    assert all(0 <= v < 2**63 for v in seeds.values())
+
+
+def test_schedule_warms_up_then_decays_to_the_end_factor():
+    cfg = build_config("cpu-tiny")
+    assert cfg.lr_end_factor == 0.001  # Barlow Twins ends its cosine at 1/1000 of the peak rate
+    total, warmup = 100, 10
+    assert lr_factor(0, total, warmup, cfg.lr_end_factor) == 0.0
+    assert lr_factor(warmup, total, warmup, cfg.lr_end_factor) == 1.0
+    assert lr_factor(total, total, warmup, cfg.lr_end_factor) == pytest.approx(0.001)
+    middle = lr_factor(55, total, warmup, cfg.lr_end_factor)  # half-way through the cosine
+    assert middle == pytest.approx(0.001 + 0.999 * 0.5)
