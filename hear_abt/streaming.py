@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import torch
 
 from .audio import PathLike, iter_audio_blocks
 from .embedder import ABTEmbedder
+from .fileio import atomic_open
 
 DEFAULT_CHUNK_SECONDS = 120.0
 INDEX_NAME = "index.json"
@@ -61,6 +60,10 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
+class _Aborted(Exception):
+    pass
+
+
 class NpyWriter:
     """Append rows of shape ``row_shape`` to a .npy file without holding them in memory.
 
@@ -77,9 +80,10 @@ class NpyWriter:
             np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
         )
         self.rows = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._f = os.fdopen(fd, "wb")
+        # The project's one atomic writer, held open across appends (temp file, fsync, rename).
+        self._writer = atomic_open(self.path, "wb")
+        self._f = self._writer.__enter__()
+        self._done = False
         self._f.write(_npy_header(self.dtype, (0, *self.row_shape)))
 
     def append(self, rows: np.ndarray) -> None:
@@ -92,15 +96,14 @@ class NpyWriter:
     def close(self) -> None:
         self._f.seek(0)
         self._f.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        self._done = True
+        self._writer.__exit__(None, None, None)
 
     def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        Path(self._tmp).unlink(missing_ok=True)
+        if not self._done:
+            self._done = True
+            aborted = _Aborted(f"writing {self.path} was abandoned")
+            self._writer.__exit__(_Aborted, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> NpyWriter:
         return self
