@@ -37,6 +37,7 @@ from torch import nn
 from hear_abt.audio import read_mono
 from hear_abt.config import SAMPLE_RATE, ModelConfig
 from hear_abt.embedder import ABTEmbedder
+from hear_abt.fileio import atomic_write_text
 
 AUDIO_FOLDER = str(SAMPLE_RATE)
 KFOLD_MODES = ("new_split_kfold", "presplit_kfold")
@@ -524,8 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         f"epochs {[f['epochs'] for f in result.folds]}, {result.seconds:.1f} s"
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
     return 0
 
 

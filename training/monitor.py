@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from hear_abt.fileio import atomic_open
+
 CSV_FIELDS = [
     "step",
     "epoch",
@@ -41,9 +43,12 @@ class Monitor:
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def _truncate_csv(self, step: int) -> None:
-        """Drop rows logged after the checkpoint a resumed run restarts from (they will be redone)."""
+        """Drop rows logged after the checkpoint a resumed run restarts from (they will be redone).
+
+        Rewritten atomically: an interrupt here never loses the rows that are kept.
+        """
         rows = self.rows() if self.csv_path.exists() else []
-        with open(self.csv_path, "w", newline="") as f:
+        with atomic_open(self.csv_path, "w") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             writer.writeheader()
             writer.writerows(r for r in rows if int(float(r["step"])) <= step)
@@ -51,7 +56,7 @@ class Monitor:
         if probe_path.exists():
             with open(probe_path, newline="") as f:
                 probe_rows = list(csv.reader(f))
-            with open(probe_path, "w", newline="") as f:
+            with atomic_open(probe_path, "w") as f:
                 csv.writer(f).writerows([probe_rows[0]] + [r for r in probe_rows[1:] if int(r[0]) <= step])
 
     def rows(self) -> list[dict[str, str]]:
