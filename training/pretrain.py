@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
                     monitor.images_at(step, result.c)
                 if done:
                     break
+        if world_size > 1:
+            dist.barrier()  # rank 0 has written the last checkpoint; leave together
     except engine.NonFiniteLoss as err:
         if is_main:
             kept = (
