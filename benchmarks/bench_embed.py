@@ -274,14 +274,14 @@ def profile(folder: Path, mode: str, kind: str, audio: torch.Tensor) -> None:
         timer.wrap(enc, "frame_features", "encoder frame_features")
     if kind == "timestamp" and mode == "per_window":
         timer.wrap(model, "_encode", "encode windows (normalise + encoder)")
-        timer.wrap(model, "_faithful_windows", "per-window windows total")
+        timer.wrap(model, "_per_window_windows", "per-window windows total")
     if kind == "timestamp" and mode == "faithful":
         if enc.frame_features_supported:
             timer.wrap(enc, "window_embeddings", "exact reuse: encoder.window_embeddings")
             timer.wrap(model, "_reuse_windows", "exact-reuse windows total")
         else:
             timer.wrap(model, "_encode", "encode windows (normalise + encoder)")
-            timer.wrap(model, "_faithful_windows", "per-window windows total")
+            timer.wrap(model, "_per_window_windows", "per-window windows total")
     if kind == "timestamp" and mode == "fast":
         timer.wrap(model, "_fast_windows", "fast windows total")
     call = hear_abt.get_timestamp_embeddings if kind == "timestamp" else hear_abt.get_scene_embeddings

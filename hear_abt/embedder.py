@@ -153,8 +153,8 @@ class ABTEmbedder(nn.Module):
         out = torch.empty(n_clips, n_ts, self.timestamp_embedding_size, device=audio.device)
         group = self._group_size(self.config.frontend.samples_to_frames(n_samples))
         fill = {
-            "faithful": self._reuse_windows if self._exact_reuse else self._faithful_windows,
-            "per_window": self._faithful_windows,
+            "faithful": self._reuse_windows if self._exact_reuse else self._per_window_windows,
+            "per_window": self._per_window_windows,
             "fast": self._fast_windows,
         }[self.timestamp_mode]
         for s in range(0, n_clips, group):
@@ -162,7 +162,7 @@ class ABTEmbedder(nn.Module):
         ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
         return out, ts
 
-    def _faithful_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
+    def _per_window_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """Encode every window of (g, n_mels, frames) into ``out`` (g, n_ts, D), ``window_batch`` at a time."""
         n_clips, n_ts = out.shape[:2]
         windows = mel.unfold(-1, self.window_frames, self.hop_frames)  # view: (g, n_mels, n_ts, frames)
@@ -173,9 +173,8 @@ class ABTEmbedder(nn.Module):
 
     @property
     def _exact_reuse(self) -> bool:
-        """Whether faithful windows can be assembled from clip-level frames (AudioNTT)."""
-        enc = self.encoder
-        return bool(enc.frame_features_supported) and hasattr(enc, "window_embeddings")
+        """Whether faithful windows are assembled from shared frames (declared by the encoder)."""
+        return self.encoder.exact_window_reuse
 
     def _reuse_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """Faithful windows of (g, n_mels, frames) into ``out`` (g, n_ts, D) by exact reuse (AudioNTT).

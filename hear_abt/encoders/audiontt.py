@@ -41,6 +41,7 @@ def _pool2x2(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
 
 class AudioNTT(Encoder):
     frame_features_supported = True
+    exact_window_reuse = True
     KWARG_RANGES = {"n_mels": (4, 1024), "channels": (1, 4096), "mlp_dim": (1, 65536), "dropout": (0.0, 1.0)}
     # Each output frame sees input frames [4i - 3, 4i + 7): chunked passes add this much context.
     TIME_STRIDE = 4
