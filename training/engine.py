@@ -61,11 +61,31 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
 
 @dataclass
 class StepResult:
-    loss: float
-    on_diag: float
-    off_diag: float
-    embedding_std: float
-    c: torch.Tensor  # cross-correlation matrix of this step (for images)
+    """One step's outputs, kept as device tensors: a figure is read (a device sync) only when used."""
+
+    out: BarlowTwinsOutput
+    z1: torch.Tensor  # first view's projected embeddings, detached
+
+    @property
+    def loss(self) -> float:
+        return self.out.loss.item()
+
+    @property
+    def on_diag(self) -> float:
+        return self.out.on_diag.item()
+
+    @property
+    def off_diag(self) -> float:
+        return self.out.off_diag.item()
+
+    @property
+    def embedding_std(self) -> float:
+        return embedding_std(self.z1)
+
+    @property
+    def c(self) -> torch.Tensor:
+        """Cross-correlation matrix of this step (for images)."""
+        return self.out.c.detach()
 
 
 @dataclass
@@ -221,13 +241,7 @@ def train_step(state: TrainState, crops: torch.Tensor) -> StepResult:
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.step += 1
-    return StepResult(
-        loss=out.loss.item(),
-        on_diag=out.on_diag.item(),
-        off_diag=out.off_diag.item(),
-        embedding_std=embedding_std(z1),
-        c=out.c.detach(),
-    )
+    return StepResult(out=out, z1=z1.detach())
 
 
 # ---- state ----------------------------------------------------------------------------------

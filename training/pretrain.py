@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
             "clips": len(dataset),
             "total_steps": state.total_steps,
         },
-    ).to_dict()
+    )
     if is_main:
         run_dir.write_run(run)
     if args.resume and run_dir.last.exists():
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
             ) from err
 
     def save(path: Path) -> None:
-        full = engine.checkpoint_state(state, model_config)  # a collective: every rank calls it
+        full = engine.checkpoint_state(state, model_config.to_dict())  # a collective: every rank calls it
         if full is not None:
             save_checkpoint(path, full)
 
@@ -254,11 +254,7 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
                     )
                     bar.set_postfix(loss=f"{result.loss:.2f}", samples_s=f"{rate:.0f}")
                 if cfg.probe_every and step % cfg.probe_every == 0:
-                    score = [
-                        probe.score(state.net.encoder, ModelConfig.from_dict(model_config), device)
-                        if is_main
-                        else None
-                    ]
+                    score = [probe.score(state.net.encoder, model_config, device) if is_main else None]
                     if world_size > 1:
                         dist.broadcast_object_list(score, src=0)
                     if is_main:
