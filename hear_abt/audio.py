@@ -52,6 +52,14 @@ def resample(data: np.ndarray, sr: int, sample_rate: int = SAMPLE_RATE) -> np.nd
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _downmix(data: np.ndarray) -> np.ndarray:
+    """(samples, channels) -> contiguous mono float32 (samples,).
+
+    Channels are averaged (not summed) so a mono signal duplicated into stereo keeps its level.
+    """
+    return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+
+
 def to_mono_16k(data: np.ndarray, sr: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(samples,) or (samples, channels) audio at ``sr`` Hz -> mono float32 (samples,) at ``sample_rate``.
 
@@ -59,7 +67,7 @@ def to_mono_16k(data: np.ndarray, sr: int, sample_rate: int = SAMPLE_RATE) -> np
     """
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
-        data = data.mean(axis=1, dtype=np.float32)
+        data = _downmix(data)
     elif data.ndim != 1:
         raise ValueError(f"expected (samples,) or (samples, channels) audio, got shape {data.shape}")
     if sr <= 0:
@@ -84,8 +92,7 @@ def read_mono(path: PathLike) -> tuple[np.ndarray, int]:
         raise AudioFileError(f"audio file {path} contains no samples")
     if not np.isfinite(data).all():
         raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
-    # Channels are averaged (not summed) so a mono signal duplicated into stereo keeps its level.
-    return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(sr)
+    return _downmix(data), int(sr)
 
 
 def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -154,7 +161,7 @@ def iter_audio_blocks(
             if not np.isfinite(data).all():
                 raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
             n_read += len(data)
-            mono = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+            mono = _downmix(data)
             yield mono if stream is None else stream.resample_chunk(mono, last=False)
         if n_read == 0:
             raise AudioFileError(f"audio file {path} contains no samples")

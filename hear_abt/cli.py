@@ -141,19 +141,16 @@ def _embed(args: argparse.Namespace) -> int:
     (_check_out_dir if folder_layout else _check_output)(out)
     device = _check_device(args.device)
     files, problems = expand_audio_args(args.audio)
-    failed: list[str] = []
-    reasons: list[str] = []
+    failures: list[tuple[str, str]] = list(problems)  # (audio, reason)
     for arg, why in problems:
         print(f"skipped {arg}: {why}", file=sys.stderr)
-        failed.append(arg)
-        reasons.append(why)
     model = load_model(args.weights, timestamp_mode=args.timestamp_mode).to(device)
     want_scene = args.what in ("scene", "both")
     want_ts = args.what in ("timestamp", "both")
     dim = model.timestamp_embedding_size
     seconds = [audio_seconds(p) for p in files]
     total_seconds = sum(seconds)
-    ts_bytes = total_seconds * 1000 / 50 * dim * 4
+    ts_bytes = total_seconds * model.sample_rate / model.hop_samples * dim * 4
     if want_ts and not folder_layout and ts_bytes > _SIZE_WARNING_BYTES:
         print(
             f"note: {total_seconds / 3600:.1f} h of audio: the .npz layout holds all timestamp embeddings "
@@ -163,7 +160,6 @@ def _embed(args: argparse.Namespace) -> int:
     if folder_layout:
         out.mkdir(parents=True, exist_ok=True)
         (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is being replaced: no stale index
-    embedded: list[str] = []
     entries: list[dict] = []
     scenes: list[np.ndarray] = []
     ts_embs: list[np.ndarray] = []
@@ -179,7 +175,7 @@ def _embed(args: argparse.Namespace) -> int:
     with bar:
         for i, path in enumerate(files):
             bar.set_postfix_str(f"file {i + 1}/{len(files)}")
-            sink = (_NpySink(out, len(embedded), dim) if folder_layout else _NpzSink()) if want_ts else None
+            sink = (_NpySink(out, len(entries), dim) if folder_layout else _NpzSink()) if want_ts else None
             done_before = bar.n
             try:
                 result = embed_file(
@@ -203,12 +199,10 @@ def _embed(args: argparse.Namespace) -> int:
                     sink.abort()
                 reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
                 tqdm.write(f"skipped: {reason}", file=sys.stderr)
-                failed.append(str(path))
-                reasons.append(reason)
+                failures.append((str(path), reason))
                 bar.n = done_before + seconds[i]
                 bar.refresh()
                 continue
-            embedded.append(str(path.resolve()))
             entry = {
                 "audio": str(path.resolve()),
                 "seconds": result.n_samples / model.sample_rate,
@@ -245,13 +239,13 @@ def _embed(args: argparse.Namespace) -> int:
             "timestamp_embedding_size": dim,
             "scene_embeddings": "scene_embeddings.npy" if scenes else None,
             "files": entries,
-            "failed": [{"audio": a, "reason": r} for a, r in zip(failed, reasons)],
+            "failed": [{"audio": a, "reason": r} for a, r in failures],
         }
         atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
     else:
         npz: dict[str, np.ndarray] = {
-            "files": np.array(embedded, dtype=str),
-            "failed": np.array(failed, dtype=str),
+            "files": np.array([e["audio"] for e in entries], dtype=str),
+            "failed": np.array([a for a, _ in failures], dtype=str),
         }
         if scenes:
             npz["scene_embeddings"] = np.stack(scenes)
@@ -264,10 +258,10 @@ def _embed(args: argparse.Namespace) -> int:
         with atomic_open(out, "wb") as f:
             np.savez(f, **npz)
     print(
-        f"wrote {out}: {len(embedded)} file(s) embedded with {model.config.encoder}"
-        + (f", {len(failed)} failed (listed in 'failed')" if failed else "")
+        f"wrote {out}: {len(entries)} file(s) embedded with {model.config.encoder}"
+        + (f", {len(failures)} failed (listed in 'failed')" if failures else "")
     )
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
 _TIMESTAMP_FILE = re.compile(r"\d{6}\.(emb|ms)\.npy")

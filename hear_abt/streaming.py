@@ -286,7 +286,7 @@ class _ChunkClsScene:
     def __init__(self, model: ABTEmbedder):
         self.model = model
         self.w = model.window_frames
-        self.batch = getattr(model, "window_batch", 64) * self.w
+        self.batch = model._budget_frames
         self.mel: Optional[torch.Tensor] = None
         self.total: Optional[torch.Tensor] = None
         self.count = 0
@@ -306,7 +306,7 @@ class _ChunkClsScene:
             n_mels = self.mel.shape[0]
             chunks = self.mel[:, :take].reshape(n_mels, take // self.w, self.w).permute(1, 0, 2)
             with torch.no_grad():
-                cls = self.model.encoder(self.model.normalize(chunks).unsqueeze(1)).float()
+                cls = self.model._encode(chunks)
             part = cls.double().sum(dim=0)
             self.total = part if self.total is None else self.total + part
             self.count += cls.shape[0]
@@ -401,7 +401,7 @@ def embed_file(
                 if scene:
                     mel_frames = _MelFrames(model, device)
                     scene_pool = (
-                        _FramePoolScene(model, model.window_frames * getattr(model, "window_batch", 64))
+                        _FramePoolScene(model, model._budget_frames)
                         if model.encoder.frame_features_supported
                         else _ChunkClsScene(model)
                     )
