@@ -38,6 +38,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,16 +72,12 @@ TINY_COMMON = [
     "checkpoint_every=1000",
     "image_every=1000",
 ]
-TINY_ENCODER = {
-    "audioset-audiontt": ['encoder_kwargs={"channels": 8, "mlp_dim": 64}'],
-    "audioset-vitc-b": [
-        "encoder=vitc_t",
-        'encoder_kwargs={"depth": 1, "dim": 64, "heads": 2, "stem_channels": [8, 16, 32, 64]}',
-    ],
-}
-
-
+TINY_NTT = {"channels": 8, "mlp_dim": 64}
 TINY_VIT = {"depth": 1, "dim": 64, "heads": 2, "stem_channels": [8, 16, 32, 64]}
+TINY_ENCODER = {
+    "audioset-audiontt": [f"encoder_kwargs={json.dumps(TINY_NTT)}"],
+    "audioset-vitc-b": ["encoder=vitc_t", f"encoder_kwargs={json.dumps(TINY_VIT)}"],
+}
 
 
 class Report:
@@ -108,9 +105,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def tiny_overrides(preset: str, args: argparse.Namespace) -> list[str]:
+    return TINY_COMMON + TINY_ENCODER[preset] if args.tiny else []
+
+
 def train_config(preset: str, args: argparse.Namespace, *extra: str):
-    overrides = (TINY_COMMON + TINY_ENCODER[preset] if args.tiny else []) + list(extra)
-    return build_config(preset, overrides)
+    return build_config(preset, tiny_overrides(preset, args) + list(extra))
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment, with the repository importable."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
 # ---- 1. data -------------------------------------------------------------------------------------
@@ -234,7 +239,7 @@ def hear_section(report: Report, device, args) -> None:
     audio = torch.from_numpy((0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
     audio = audio[None].to(device)
     norm = NormStats(-5.0, 7.0)
-    ntt = {"channels": 8, "mlp_dim": 64} if args.tiny else {}
+    ntt = TINY_NTT if args.tiny else {}
     vit, vit_kwargs = ("vitc_t", TINY_VIT) if args.tiny else ("vitc_b", {})
     cases = [
         ("audiontt", ntt, "faithful", "timestamps"),
@@ -276,13 +281,10 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def torchrun_section(report: Report, work: Path, device, args) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     steps = 3
     run_dir = work / "torchrun_run"
-    overrides = (TINY_COMMON + TINY_ENCODER[PRESETS[0]] if args.tiny else []) + [
-        f"steps={steps}",
-        "log_every=1",
-    ]
+    overrides = tiny_overrides(PRESETS[0], args) + [f"steps={steps}", "log_every=1"]
     if device.type == "cuda":
         overrides.append("precision=bf16")
     cmd = _torchrun(
@@ -291,8 +293,6 @@ def torchrun_section(report: Report, work: Path, device, args) -> None:
         *overrides,
     )  # fmt: skip
     with contextlib.suppress(FileNotFoundError):
-        import shutil
-
         shutil.rmtree(run_dir)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -348,14 +348,12 @@ def ddp_probe(args: argparse.Namespace) -> int:
     try:
         dataset = ShardDataset(Path(args.work) / "shards")
         cfg = train_config(PRESETS[0], args, "precision=bf16" if device.type == "cuda" else "precision=fp32")
-        state = engine.build(cfg, dataset, device, prefetch=0)
-        # What engine.build does for world_size > 1 (one rank here, so it is done by hand).
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(state.net) if device.type == "cuda" else state.net
-        state.net = net
-        state.model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        sync_bn = sum(isinstance(m, nn.SyncBatchNorm) for m in net.modules())
+        # Built as rank 0 of 2, so that engine.build's own multi-rank wrapping (SyncBatchNorm on CUDA,
+        # DistributedDataParallel) runs; the process group has one rank, which both accept.
+        state = engine.build(cfg, dataset, device, rank=0, world_size=2, prefetch=0)
+        if not isinstance(state.model, nn.parallel.DistributedDataParallel):
+            raise RuntimeError("engine.build did not wrap the model in DistributedDataParallel")
+        sync_bn = sum(isinstance(m, nn.SyncBatchNorm) for m in state.net.modules())
         loss = float("nan")
         for b in range(2):
             loss = engine.train_step(state, state.sampler.batch_at(0, b)).loss
@@ -388,11 +386,11 @@ def heareval_section(report: Report, work: Path, device, args) -> None:
 
     tasks = work / "tasks"
     devsuite.build_task(tasks, "speech-words", small=True, seed=0, jobs=max(1, min(8, os.cpu_count() or 1)))
-    kwargs = {"channels": 8, "mlp_dim": 64} if args.tiny else {}
+    kwargs = TINY_NTT if args.tiny else {}
     config = ModelConfig(encoder_kwargs=kwargs, norm=NormStats(-5.0, 7.0))
     torch.manual_seed(0)
     model_dir = save_pretrained(work / "hear_model", config, ABTEmbedder(config).encoder.state_dict())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device.type != "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -425,9 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny models, data and clips (for the CPU and tests)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--work", type=Path, help="corpus, shards and runs (default: a temporary folder)")
-    ap.add_argument("--steps", type=int, default=None, help="timed training steps (default: 40; tiny: 3)")
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps (default: 40; tiny: 2)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5; tiny: 1)")
-    ap.add_argument("--loss-steps", type=int, default=None, help="bf16 vs fp32 steps (default: 20; tiny: 3)")
+    ap.add_argument("--loss-steps", type=int, default=None, help="bf16 vs fp32 steps (default: 20; tiny: 2)")
     ap.add_argument("--clips", type=int, default=1024, help="synthetic corpus clips (default: %(default)s)")
     ap.add_argument("--clip-seconds", type=float, default=60.0, help="HEAR API clip (default: %(default)s)")
     ap.add_argument(

@@ -25,9 +25,6 @@ TIMESTAMP_HOP_MS = 50
 MAX_ENCODER_ELEMENTS = 500_000_000
 
 
-# Ranges of the encoder_kwargs the registered encoders take, by name (an encoder rejects the names
-# it does not know when it is dry-built, see ModelConfig.check_encoder). Integers in lists (patch,
-# input_size) are checked element-wise. Bounds are generous; they only stop absurd sizes early.
 class ConfigError(ValueError):
     """A config field has the wrong type or an impossible value; the message names the field."""
 
@@ -59,6 +56,9 @@ def _check_real(
         raise ConfigError(f"{where} = {value!r} is out of range {left}{lo}, {hi}{right}")
 
 
+# encoder_kwargs: JSON values, then the ranges the encoder class declares (KWARG_RANGES; integers in
+# lists such as patch or input_size element-wise), then a dry build, which rejects names the encoder
+# does not take (see ModelConfig.check_encoder). Bounds are generous; they only stop absurd sizes early.
 def _check_json_value(where: str, value: Any, depth: int = 0) -> None:
     """encoder_kwargs values: JSON scalars (finite numbers) or short lists of them."""
     if value is None or isinstance(value, (bool, str)):
@@ -170,19 +170,18 @@ class ModelConfig:
         """Check ``encoder`` and ``encoder_kwargs`` without allocating: types and ranges
         (the encoder class's ``KWARG_RANGES``), then a dry build on torch's ``meta`` device, which raises for
         names the encoder does not take and inconsistent sizes and counts its parameters."""
-        import torch
-
-        from .encoders import create_encoder_for, list_encoders
+        from .encoders import list_encoders
         from .encoders.registry import encoder_class
 
         if self.encoder not in list_encoders():
             raise ConfigError(f"unknown encoder {self.encoder!r}; known: {', '.join(list_encoders())}")
+        ranges = encoder_class(self.encoder).KWARG_RANGES
         for key, value in self.encoder_kwargs.items():
             where = f"encoder_kwargs[{key!r}]"
             if not isinstance(key, str):
                 raise ConfigError(f"encoder_kwargs keys must be strings, got {key!r}")
             _check_json_value(where, value)
-            bounds = encoder_class(self.encoder).KWARG_RANGES.get(key)
+            bounds = ranges.get(key)
             if bounds is not None:
                 items = value if isinstance(value, (list, tuple)) else [value]
                 for i, item in enumerate(items):
@@ -193,19 +192,23 @@ class ModelConfig:
                         _check_real(name, item, *bounds)
         fe = self.frontend
         try:
-            with torch.device("meta"):
-                encoder = create_encoder_for(self.encoder, self.encoder_kwargs, fe.n_mels, fe.window_frames)
+            _, size = _meta_encoder(self.encoder, self.encoder_kwargs, fe.n_mels, fe.window_frames)
         except (TypeError, ValueError, RuntimeError, ZeroDivisionError, KeyError, IndexError) as err:
             raise ConfigError(
                 f"encoder_kwargs {self.encoder_kwargs!r} do not describe a valid {self.encoder!r} encoder "
                 f"(with n_mels={fe.n_mels}, window_frames={fe.window_frames}): {err}"
             ) from err
-        size = sum(t.numel() for t in encoder.parameters()) + sum(t.numel() for t in encoder.buffers())
         if size > MAX_ENCODER_ELEMENTS:
             raise ConfigError(
                 f"encoder_kwargs {self.encoder_kwargs!r} describe a {self.encoder!r} encoder of {size:,} "
                 f"values, more than the {MAX_ENCODER_ELEMENTS:,} allowed: a corrupt or mistyped config?"
             )
+
+    def meta_state_dict(self) -> dict[str, Any]:
+        """The described encoder's ``state_dict`` on the ``meta`` device: names, shapes and dtypes, no
+        memory. Built once per encoder description (the check of this config already built it)."""
+        fe = self.frontend
+        return dict(_meta_encoder(self.encoder, self.encoder_kwargs, fe.n_mels, fe.window_frames)[0])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,6 +248,32 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+# Dry builds by (encoder, canonical encoder_kwargs, n_mels, window_frames): every config of a checkpoint
+# load (config.json, the copy inside the weights, the tensor check) describes the same encoder.
+_META_ENCODERS: dict[tuple[str, str, int, int], tuple[dict[str, Any], int]] = {}
+_META_ENCODERS_MAX = 64
+
+
+def _meta_encoder(
+    encoder: str, kwargs: dict[str, Any], n_mels: int, window_frames: int
+) -> tuple[dict[str, Any], int]:
+    """(``state_dict`` on the ``meta`` device, parameter + buffer count) of an encoder; cached."""
+    key = (encoder, json.dumps(kwargs, sort_keys=True), n_mels, window_frames)
+    hit = _META_ENCODERS.get(key)
+    if hit is None:
+        import torch
+
+        from .encoders import create_encoder_for
+
+        with torch.device("meta"):
+            module = create_encoder_for(encoder, kwargs, n_mels, window_frames)
+        size = sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
+        if len(_META_ENCODERS) >= _META_ENCODERS_MAX:
+            _META_ENCODERS.clear()
+        hit = _META_ENCODERS[key] = (module.state_dict(), size)
+    return hit
 
 
 def _sub_config(cls: type, name: str, data: Optional[dict[str, Any]]) -> Any:

@@ -144,21 +144,16 @@ def _parse_config(data: object, where: str) -> tuple[ModelConfig, str | None]:
 def check_state_dict(config: ModelConfig, state_dict: object, source: str) -> None:
     """Check tensors against the encoder ``config`` describes, before anything is allocated for it.
 
-    The encoder is built on the ``meta`` device (no memory); every tensor must exist there with the
-    same shape, be floating point where the encoder's is (int64 or bool weights are refused), have
-    its exact dtype otherwise (BatchNorm's int64 counters), and hold only finite values.
+    Against the encoder's ``meta``-device state_dict (:meth:`ModelConfig.meta_state_dict`, no memory),
+    every tensor must exist there with the same shape, be floating point where the encoder's is (int64
+    or bool weights are refused), have its exact dtype otherwise (BatchNorm's int64 counters), and
+    hold only finite values.
     """
-    from .encoders import create_encoder_for
-
     if not isinstance(state_dict, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
         raise WeightsError(f"weights in {source} are not a mapping of tensor names to tensors")
-    fe = config.frontend
-    with torch.device("meta"):
-        expected = create_encoder_for(
-            config.encoder, config.encoder_kwargs, fe.n_mels, fe.window_frames
-        ).state_dict()
+    expected = config.meta_state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:

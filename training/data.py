@@ -49,17 +49,22 @@ def _bad(path: Path, problem: str) -> ShardDataError:
     return ShardDataError(f"{path}: {problem}; the prepared data is damaged or incomplete: {REPREPARE}")
 
 
+def _require_keys(path: Path, obj: Any, keys: tuple[str, ...], what: str = "") -> None:
+    """``obj`` (the manifest, or ``what`` in it) is a JSON object holding ``keys``."""
+    if not isinstance(obj, dict):
+        raise _bad(path, f"{what + ': ' if what else ''}expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise _bad(path, f"{what + ' ' if what else ''}lacks {missing}")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     """The manifest, with the keys ShardDataset uses checked (types, not values)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _bad(path, f"not valid JSON ({err})") from err
-    if not isinstance(manifest, dict):
-        raise _bad(path, f"expected a JSON object, got {type(manifest).__name__}")
-    missing = [k for k in ("format_version", "frontend", "norm", "shards") if k not in manifest]
-    if missing:
-        raise _bad(path, f"lacks {missing}")
+    _require_keys(path, manifest, ("format_version", "frontend", "norm", "shards"))
     version = manifest["format_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise _bad(path, f"format_version is {version!r}, not an integer")
@@ -68,10 +73,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path}: shard format version {version} is newer than this code reads "
             f"({SHARD_FORMAT_VERSION}); upgrade hear-abt, or {REPREPARE}"
         )
-    try:
-        np.dtype(manifest.get("dtype", "float16"))
-    except TypeError as err:
-        raise _bad(path, f"dtype {manifest.get('dtype')!r} is not a numpy dtype") from err
     for key in ("frontend", "norm"):
         if not isinstance(manifest[key], dict):
             raise _bad(path, f"{key!r} is not a JSON object")
@@ -79,11 +80,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(shards, list):
         raise _bad(path, "'shards' is not a list")
     for i, record in enumerate(shards):
-        if not isinstance(record, dict):
-            raise _bad(path, f"shard record {i} is not a JSON object")
-        missing = [k for k in ("data", "index", "clips", "sources") if k not in record]
-        if missing:
-            raise _bad(path, f"shard record {i} lacks {missing}")
+        _require_keys(path, record, ("data", "index", "clips", "sources"), f"shard record {i}")
         clips = record["clips"]
         if not isinstance(clips, int) or isinstance(clips, bool) or clips < 0:
             raise _bad(path, f"shard record {i} has clips={clips!r}, not a count")
@@ -110,6 +107,10 @@ class ShardDataset:
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} not found; run `python -m training.prepare` first")
         self.manifest: dict[str, Any] = _read_manifest(manifest_path)
+        try:
+            self.dtype = np.dtype(self.manifest.get("dtype", SHARD_DTYPE))
+        except TypeError as err:
+            raise _bad(manifest_path, f"dtype {self.manifest.get('dtype')!r} is not a numpy dtype") from err
         try:
             self.frontend = FrontendConfig(**self.manifest["frontend"])
             self.norm = NormStats(**self.manifest["norm"])
@@ -149,11 +150,10 @@ class ShardDataset:
             data = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise _bad(data_path, f"not a readable .npy shard ({err}); truncated or corrupt") from err
-        dtype = np.dtype(self.manifest.get("dtype", np.dtype(SHARD_DTYPE).name))
-        if data.ndim != 2 or data.shape[1] != self.frontend.n_mels or data.dtype != dtype:
+        if data.ndim != 2 or data.shape[1] != self.frontend.n_mels or data.dtype != self.dtype:
             raise _bad(
                 data_path,
-                f"holds a {data.dtype} array of shape {data.shape}, expected {dtype} "
+                f"holds a {data.dtype} array of shape {data.shape}, expected {self.dtype} "
                 f"(frames, {self.frontend.n_mels})",
             )
         frames = record.get("frames")
