@@ -26,7 +26,7 @@ from typing import Any
 
 from hear_abt.fileio import atomic_open, atomic_write_text
 from training import pretrain
-from training.config import PRESETS, build_config
+from training.config import PRESETS, build_config, parse_value
 from training.linear_eval import HearTask, LinearEvalSettings, evaluate
 
 # Fig. A-3: combinations of the audio augmentation blocks (Mixup, RRC, RLF; Gaussian noise; PPN).
@@ -80,14 +80,7 @@ def parse_grid(text: str) -> list[Variant]:
     key, sep, values = text.partition("=")
     if not sep or not values:
         raise AblationError(f"--grid {text!r}: want KEY=V1,V2,...")
-    return grid_variants(key.strip(), [_value(v) for v in values.split(",")])
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    return grid_variants(key.strip(), [parse_value(v) for v in values.split(",")])
 
 
 def select_variants(args: argparse.Namespace) -> list[Variant]:
@@ -140,11 +133,10 @@ def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out:
         "crop": not args.no_eval_crop,
     }
     result_file = folder / "result.json"
-    if result_file.is_file():
-        old = json.loads(result_file.read_text())
-        if old.get("settings") == settings and old.get("eval") == eval_settings:
-            old["status"] = "cached"
-            return old
+    old = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if old and old.get("settings") == settings and old.get("eval") == eval_settings:
+        old["status"] = "cached"
+        return old
     folder.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.pt"
     argv = ["--run-dir", str(run_dir), "--no-progress"]
@@ -162,7 +154,6 @@ def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out:
     ls = LinearEvalSettings(seed=cfg.seed, crop_frames=None if args.no_eval_crop else cfg.crop_frames)
     score = evaluate(model, task, ls, args.device or "cpu")
     metrics = _last_row(run_dir / "metrics.csv")
-    previous = json.loads(result_file.read_text()).get("train_seconds", 0.0) if result_file.is_file() else 0.0
     result = {
         "name": variant.name,
         "overrides": variant.overrides,
@@ -173,7 +164,7 @@ def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out:
         "valid_score": score.valid_score,
         "final_loss": float(metrics["loss"]) if metrics.get("loss") else None,
         "steps": int(float(metrics["step"])) if metrics.get("step") else None,
-        "train_seconds": round(seconds + (previous or 0.0), 1),
+        "train_seconds": round(seconds + (old.get("train_seconds") or 0.0), 1),
         "checkpoint": str(last),
     }
     atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")

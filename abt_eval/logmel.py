@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hear_abt.config import TIMESTAMP_HOP_MS, FrontendConfig
+from hear_abt.embedder import ABTEmbedder
 from hear_abt.frontend import LogMelFrontend
 from hear_abt.hear_api import _as_audio_tensor
 
@@ -28,6 +29,10 @@ __all__ = ["LogMelReference", "load_model", "get_scene_embeddings", "get_timesta
 
 class LogMelReference(nn.Module):
     """Log-mel statistics with the HEAR attributes (no parameters)."""
+
+    # hear_abt's timestamp grid (they read only ``hop_samples`` and ``sample_rate``).
+    num_timestamps = ABTEmbedder.num_timestamps
+    timestamps_ms = ABTEmbedder.timestamps_ms
 
     def __init__(self, frontend: FrontendConfig | None = None):
         super().__init__()
@@ -55,7 +60,7 @@ class LogMelReference(nn.Module):
 
     def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_clips, n_samples = audio.shape
-        n_ts = (n_samples - 1) // self.hop_samples + 1
+        n_ts = self.num_timestamps(n_samples)
         hop = self.config.hop_length
         left = (self.window_frames // 2) * hop
         right = (self.window_frames - self.window_frames // 2) * hop
@@ -68,9 +73,7 @@ class LogMelReference(nn.Module):
         mean = (c1[..., ends] - c1[..., starts]) / self.window_frames
         var = ((c2[..., ends] - c2[..., starts]) / self.window_frames - mean * mean).clamp_min(0.0)
         emb = torch.cat([mean, var.sqrt()], dim=1).transpose(1, 2).float().contiguous()  # (B, n_ts, 2 n_mels)
-        k = torch.arange(n_ts, device=audio.device, dtype=torch.float64)
-        ts = (k * self.hop_samples * 1000.0 / self.sample_rate).float().expand(n_clips, -1).contiguous()
-        return emb, ts
+        return emb, self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
 
 
 def load_model(model_file_path: str | os.PathLike = "", **unknown: Any) -> LogMelReference:

@@ -30,7 +30,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import torch
 from hear_abt.config import ModelConfig
 from hear_abt.fileio import atomic_write_text
 from training import engine
-from training.config import PRESETS, TrainConfig, build_config
+from training.config import PRESETS, TrainConfig, build_config, parse_value
 from training.data import ShardDataset
 from training.linear_eval import HearTask, LinearEvalSettings, evaluate_encoder
 
@@ -68,13 +68,6 @@ class SweepError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Search spaces
 # --------------------------------------------------------------------------------------------------
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,7 @@ def parse_spec(name: str, spec: Any) -> Param:
     kind, _, rest = text.partition(":")
     if kind == "cat":
         return _checked(
-            Param(name, "cat", choices=tuple(_value(c.strip()) for c in rest.split(",") if c.strip()))
+            Param(name, "cat", choices=tuple(parse_value(c.strip()) for c in rest.split(",") if c.strip()))
         )
     parts = rest.split(":")
     try:
@@ -218,34 +211,21 @@ def report_steps(total_steps: int, steps_per_epoch: int, unit: str, every: int) 
     return sorted(set(range(stride, total_steps + 1, stride)) | {total_steps})
 
 
-@dataclass
-class EvalSpec:
-    """How a trial's encoder is scored."""
-
-    task: HearTask
-    settings: LinearEvalSettings
-    split: str = "test"  # "test" (the paper's) or "valid"
-    crop: bool = True  # crop inputs to the trial's crop_frames
-
-
-def score_encoder(
-    encoder: torch.nn.Module, model_config: ModelConfig, spec: EvalSpec, crop_frames: int, device
-):
-    settings = LinearEvalSettings(
-        **{**spec.settings.__dict__, "crop_frames": crop_frames if spec.crop else None}
-    )
-    result = evaluate_encoder(encoder, model_config, spec.task, settings, device)
-    return (result.score if spec.split == "test" else result.valid_score), result
-
-
 ScoreFn = Callable[[torch.nn.Module, ModelConfig, TrainConfig], float]
 
 
-def linear_score_fn(spec: EvalSpec, device: torch.device) -> ScoreFn:
-    """Linear evaluation of a training encoder (cropped to the run's crop_frames when ``spec.crop``)."""
-    return lambda encoder, model_config, cfg: score_encoder(
-        encoder, model_config, spec, cfg.crop_frames, device
-    )[0]
+def linear_score_fn(
+    task: HearTask, settings: LinearEvalSettings, split: str, crop: bool, device: torch.device
+) -> ScoreFn:
+    """Linear evaluation of a training encoder on ``task``: the ``split`` score ("test", the paper's, or
+    "valid"), inputs cropped to the run's crop_frames when ``crop``."""
+
+    def score(encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
+        s = replace(settings, crop_frames=cfg.crop_frames if crop else None)
+        result = evaluate_encoder(encoder, model_config, task, s, device)
+        return result.score if split == "test" else result.valid_score
+
+    return score
 
 
 def pretrain_with_reports(
@@ -404,8 +384,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise SweepError(str(err)) from err
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = ShardDataset(args.data)
-    task = HearTask(args.task, args.eval_max_clips, base.seed)
-    spec = EvalSpec(task, LinearEvalSettings(seed=base.seed), args.eval_split, not args.no_eval_crop)
     if args.eval_protocol == "logreg":  # the cheap probe: logistic regression, accuracy on valid
         from training.probe import LinearProbe
 
@@ -414,7 +392,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         def score_fn(encoder, model_config, cfg):
             return probe.score(encoder, model_config, device)
     else:
-        score_fn = linear_score_fn(spec, device)
+        task = HearTask(args.task, args.eval_max_clips, base.seed)
+        settings = LinearEvalSettings(seed=base.seed)
+        score_fn = linear_score_fn(task, settings, args.eval_split, not args.no_eval_crop, device)
     steps_per_epoch = len(dataset) // base.batch_size
     total = engine.run_length(base, max(1, steps_per_epoch))
     n_reports = len(report_steps(total, max(1, steps_per_epoch), args.report_unit, args.report_every))

@@ -164,7 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "audioset-audiontt"  # the paper's run
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -204,5 +204,5 @@ def build_config(preset: str, overrides: list[str] = ()) -> TrainConfig:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
-        _set_dotted(data, key.strip(), _parse_value(value.strip()))
+        _set_dotted(data, key.strip(), parse_value(value.strip()))
     return TrainConfig.from_dict(data).validate()

@@ -110,6 +110,15 @@ class Fold:
     test: str
 
 
+def read_clip(task_dir: Path, split: str, name: str) -> np.ndarray:
+    """One clip of a HEAR task folder as float32 mono at 16 kHz (TaskError for another rate)."""
+    path = task_dir / AUDIO_FOLDER / split / name
+    wav, sr = read_mono(path)
+    if sr != SAMPLE_RATE:
+        raise TaskError(f"{path} is {sr} Hz, expected {SAMPLE_RATE}")
+    return wav
+
+
 class HearTask:
     """A HEAR scene task's audio and labels, loaded once; :func:`evaluate` embeds it per model.
 
@@ -186,13 +195,7 @@ class HearTask:
         return sorted({str(lab) for split in raw.values() for labels in split.values() for lab in labels})
 
     def _load(self, split: str, files: list[str], labels: dict[str, list], index: dict[str, int]) -> Split:
-        audio = []
-        for name in files:
-            path = self.task_dir / AUDIO_FOLDER / split / name
-            wav, sr = read_mono(path)
-            if sr != SAMPLE_RATE:
-                raise TaskError(f"{path} is {sr} Hz, expected {SAMPLE_RATE}")
-            audio.append(wav)
+        audio = [read_clip(self.task_dir, split, name) for name in files]
         unknown = {str(lab) for n in files for lab in labels[n]} - set(index)
         if unknown:
             raise TaskError(f"{self.name}/{split}: labels {sorted(unknown)[:5]} are not in the vocabulary")
@@ -460,10 +463,15 @@ def evaluate_encoder(
 ) -> LinearEvalResult:
     """:func:`evaluate` on a copy of a training encoder (its weights, running stats and mode untouched)."""
     device = torch.device(device)
+    return evaluate(embedder_copy(encoder, config, device), task, settings, device)
+
+
+def embedder_copy(encoder: nn.Module, config: ModelConfig, device: torch.device) -> ABTEmbedder:
+    """An ABTEmbedder holding a copy of ``encoder``'s weights (the caller's random streams untouched)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = ABTEmbedder(config)
     model.encoder.load_state_dict(encoder.state_dict())
-    return evaluate(model, task, settings, device)
+    return model
 
 
 # --------------------------------------------------------------------------------------------------

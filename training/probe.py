@@ -21,12 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hear_abt.audio import read_mono
-from hear_abt.config import SAMPLE_RATE, ModelConfig
-from hear_abt.embedder import ABTEmbedder
+from hear_abt.config import ModelConfig
 
-# HEAR task folders keep each sample rate's audio under a folder named by the rate.
-AUDIO_FOLDER = str(SAMPLE_RATE)
+from .linear_eval import HearTask, LinearEvalSettings, embed_clips, embedder_copy, evaluate_encoder, read_clip
 
 
 def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.ndarray, list[str]]:
@@ -35,11 +32,7 @@ def load_split(task_dir: Path, split: str, max_clips: int | None) -> tuple[np.nd
     names = sorted(labels_by_file)[:max_clips]
     audio, labels = [], []
     for name in names:
-        path = task_dir / AUDIO_FOLDER / split / name
-        wav, sr = read_mono(path)
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"{path} is {sr} Hz, expected {SAMPLE_RATE}")
-        audio.append(wav)
+        audio.append(read_clip(task_dir, split, name))
         label = labels_by_file[name]
         labels.append(label[0] if isinstance(label, list) else label)
     length = max(len(a) for a in audio)
@@ -66,8 +59,6 @@ class LinearProbe:
         self.protocol = protocol
         self.task_dir = Path(task_dir).resolve()
         if protocol == "linear":
-            from .linear_eval import HearTask, LinearEvalSettings
-
             self.task = HearTask(self.task_dir, max_clips, seed)
             self.settings = LinearEvalSettings(crop_frames=crop_frames, seed=seed).validate()
             self.name = self.task.name
@@ -82,33 +73,19 @@ class LinearProbe:
         self.eval = load_split(self.task_dir, eval_split, max_clips)
         self.eval_split = eval_split
 
-    @torch.no_grad()
-    def embed(
-        self, model: ABTEmbedder, audio: np.ndarray, device: torch.device, batch: int = 32
-    ) -> np.ndarray:
-        x = torch.from_numpy(audio)
-        return torch.cat(
-            [model.scene_embeddings(x[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)]
-        ).numpy()
-
     def score(self, encoder: nn.Module, config: ModelConfig, device: torch.device) -> float:
         """Score of frozen scene embeddings of ``encoder`` (a copy is used, in eval mode, so training
         state and random streams are untouched): logistic-regression accuracy, or with
         ``protocol="linear"`` the linear evaluation's best validation score."""
         if self.protocol == "linear":
-            from .linear_eval import evaluate_encoder
-
             return evaluate_encoder(encoder, config, self.task, self.settings, device).valid_score
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model = ABTEmbedder(config)
-        model.encoder.load_state_dict(encoder.state_dict())
-        model.to(device).eval()
-        train_x = self.embed(model, self.train[0], device)
-        eval_x = self.embed(model, self.eval[0], device)
+        model = embedder_copy(encoder, config, device).to(device).eval()
+        train_x = embed_clips(model, list(self.train[0]), device)
+        eval_x = embed_clips(model, list(self.eval[0]), device)
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
         clf.fit(train_x, self.train[1])
         return float(clf.score(eval_x, self.eval[1]))
