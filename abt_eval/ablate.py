@@ -119,7 +119,9 @@ def _last_row(path: Path) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
-def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out: Path) -> dict[str, Any]:
+def run_variant(
+    variant: Variant, args: argparse.Namespace, tasks: list[HearTask], out: Path
+) -> dict[str, Any]:
     """Train (or finish) and score one variant; a scored variant with the same settings is read back."""
     folder = out / "variants" / variant.name
     run_dir = folder / "run"
@@ -128,7 +130,7 @@ def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out:
     settings = {"preset": args.preset, "data": str(Path(args.data).resolve()), "train": cfg.to_dict()}
     settings = json.loads(json.dumps(settings, default=str))
     eval_settings = {
-        "task": str(task.task_dir),
+        "task": [str(t.task_dir) for t in tasks],
         "max_clips": args.eval_max_clips,
         "crop": not args.no_eval_crop,
     }
@@ -152,16 +154,19 @@ def run_variant(variant: Variant, args: argparse.Namespace, task: HearTask, out:
 
     model = load_model(last, family=None)
     ls = LinearEvalSettings(seed=cfg.seed, crop_frames=None if args.no_eval_crop else cfg.crop_frames)
-    score = evaluate(model, task, ls, args.device or "cpu")
+    scores = {t.task_dir.name: evaluate(model, t, ls, args.device or "cpu") for t in tasks}
+    metrics_used = sorted({r.metric for r in scores.values()})
     metrics = _last_row(run_dir / "metrics.csv")
     result = {
         "name": variant.name,
         "overrides": variant.overrides,
         "settings": settings,
         "eval": eval_settings,
-        "metric": score.metric,
-        "score": score.score,
-        "valid_score": score.valid_score,
+        # With several tasks: the mean over them (as abt_eval.sweep scores a trial), each one below.
+        "metric": metrics_used[0] if len(metrics_used) == 1 else "mean of " + "/".join(metrics_used),
+        "score": sum(r.score for r in scores.values()) / len(scores),
+        "valid_score": sum(r.valid_score for r in scores.values()) / len(scores),
+        "tasks": {name: {"score": r.score, "valid_score": r.valid_score} for name, r in scores.items()},
         "final_loss": float(metrics["loss"]) if metrics.get("loss") else None,
         "steps": int(float(metrics["step"])) if metrics.get("step") else None,
         "train_seconds": round(seconds + (old.get("train_seconds") or 0.0), 1),
@@ -202,6 +207,9 @@ def write_table(
         "steps",
         "train s",
     ]
+    eval_tasks = list(results[0].get("tasks", {})) if results else []
+    if len(eval_tasks) > 1:  # the mean's parts
+        header += [f"linear {t}" for t in eval_tasks]
     header += [f"HEAR {t}" for t in tasks] + (["HEAR average"] if tasks else [])
     rows = []
     for r in results:
@@ -213,6 +221,8 @@ def write_table(
             r["final_loss"],
         ]
         row += [r["steps"], r["train_seconds"]]
+        if len(eval_tasks) > 1:
+            row += [r.get("tasks", {}).get(t, {}).get("score") for t in eval_tasks]
         if tasks:
             per = (hear or {}).get(r["name"], {})
             vals = [per.get(t) for t in tasks]
@@ -226,7 +236,9 @@ def write_table(
     md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     md += [
         "",
-        f"Linear evaluation (training.linear_eval) on the test split of the task; {len(results)} variants.",
+        f"Linear evaluation (training.linear_eval) on the test split of {', '.join(eval_tasks) or 'the task'}"
+        + (" (the mean over them)" if len(eval_tasks) > 1 else "")
+        + f"; {len(results)} variants.",
     ]
     paths = [out / "ablation.md", out / "ablation.csv", out / "ablation.png"]
     atomic_write_text(paths[0], "\n".join(md) + "\n")
@@ -276,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Details: docs/search.md.",
     )
     ap.add_argument("--data", required=True, help="pre-training data (`python -m training.prepare`)")
-    ap.add_argument("--task", required=True, help="HEAR scene task for the linear evaluation")
+    ap.add_argument(
+        "--task",
+        required=True,
+        action="append",
+        help="HEAR scene task for the linear evaluation; repeat it to score the mean over tasks",
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--preset", default="fsd50k-ablation", help="base preset (default: fsd50k-ablation, App. C)"
@@ -307,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = select_variants(args)
         for v in variants:  # every variant's settings checked before anything trains
             build_config(args.preset, list(args.overrides) + v.overrides)
-        task = HearTask(args.task, args.eval_max_clips)
+        tasks = [HearTask(t, args.eval_max_clips) for t in args.task]
+        names = [t.task_dir.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise AblationError(f"--task folders need distinct names: {names}")
     except (AblationError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -316,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, v in enumerate(variants, 1):
         print(f"[{i}/{len(variants)}] {v.name}: {' '.join(v.overrides) or '(baseline)'}", flush=True)
         try:
-            r = run_variant(v, args, task, out)
+            r = run_variant(v, args, tasks, out)
         except (Exception, SystemExit) as err:  # one variant must not stop the others
             print(f"[{i}/{len(variants)}] {v.name}: failed: {err}", flush=True)
             failed.append(v.name)

@@ -228,6 +228,19 @@ def linear_score_fn(
     return score
 
 
+class MeanScore:
+    """The mean of several tasks' scores (the objective when ``--task`` is given more than once); the
+    last call's per-task scores stay in ``last`` for the trial's records."""
+
+    def __init__(self, fns: dict[str, ScoreFn]):
+        self.fns = fns
+        self.last: dict[str, float] = {}
+
+    def __call__(self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
+        self.last = {name: float(fn(encoder, model_config, cfg)) for name, fn in self.fns.items()}
+        return sum(self.last.values()) / len(self.last)
+
+
 def pretrain_with_reports(
     cfg: TrainConfig,
     dataset: ShardDataset,
@@ -354,7 +367,7 @@ def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[s
             "overrides": list(args.overrides),
             "fixed": fixed,
             "space": {p.name: p.describe() for p in params},
-            "task": str(Path(args.task).resolve()),
+            "task": [str(Path(t).resolve()) for t in args.task],
             "data": str(Path(args.data).resolve()),
             "report": [args.report_unit, args.report_every],
             "eval": [args.eval_protocol, args.eval_split, args.eval_max_clips, not args.no_eval_crop],
@@ -384,17 +397,23 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise SweepError(str(err)) from err
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = ShardDataset(args.data)
-    if args.eval_protocol == "logreg":  # the cheap probe: logistic regression, accuracy on valid
-        from training.probe import LinearProbe
+    names = [Path(t).name for t in args.task]
+    if len(set(names)) != len(names):
+        raise SweepError(f"--task folders need distinct names: {names}")
+    fns: dict[str, ScoreFn] = {}
+    for name, task_dir in zip(names, args.task):
+        if args.eval_protocol == "logreg":  # the cheap probe: logistic regression, accuracy on valid
+            from training.probe import LinearProbe
 
-        probe = LinearProbe(args.task, args.eval_max_clips or 2000)
-
-        def score_fn(encoder, model_config, cfg):
-            return probe.score(encoder, model_config, device)
-    else:
-        task = HearTask(args.task, args.eval_max_clips, base.seed)
-        settings = LinearEvalSettings(seed=base.seed)
-        score_fn = linear_score_fn(task, settings, args.eval_split, not args.no_eval_crop, device)
+            probe = LinearProbe(task_dir, args.eval_max_clips or 2000)
+            fns[name] = lambda encoder, model_config, cfg, probe=probe: probe.score(
+                encoder, model_config, device
+            )
+        else:
+            task = HearTask(task_dir, args.eval_max_clips, base.seed)
+            settings = LinearEvalSettings(seed=base.seed)
+            fns[name] = linear_score_fn(task, settings, args.eval_split, not args.no_eval_crop, device)
+    score_fn = MeanScore(fns)
     steps_per_epoch = len(dataset) // base.batch_size
     total = engine.run_length(base, max(1, steps_per_epoch))
     n_reports = len(report_steps(total, max(1, steps_per_epoch), args.report_unit, args.report_every))
@@ -444,16 +463,26 @@ def run_sweep(args: argparse.Namespace) -> int:
             atomic_write_text(
                 trial_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str) + "\n"
             )
-            rows = ["report,step,score,loss,seconds"]
+            rows = [",".join(["report", "step", "score", *names, "loss", "seconds"])]
+            per_task: list[dict[str, float]] = []
 
             def on_report(index: int, step: int, score: float, loss: float) -> None:
                 scores.append(score)
-                rows.append(f"{index},{step},{score:.6g},{loss:.6g},{time.perf_counter() - t0:.1f}")
+                per_task.append(dict(score_fn.last))
+                detail = ",".join(f"{per_task[-1][n]:.6g}" for n in names)
+                rows.append(f"{index},{step},{score:.6g},{detail},{loss:.6g},{time.perf_counter() - t0:.1f}")
                 atomic_write_text(trial_dir / "reports.csv", "\n".join(rows) + "\n")
                 trial.set_user_attr("scores", scores)
+                trial.set_user_attr("task_scores", per_task)
                 trial.report(score, index)
+                tasks_text = (
+                    f" ({', '.join(f'{n} {v:.3f}' for n, v in per_task[-1].items())})"
+                    if len(names) > 1
+                    else ""
+                )
                 print(
-                    f"  trial {trial.number} report {index} (step {step}): score {score:.4f}, loss {loss:.2f}",
+                    f"  trial {trial.number} report {index} (step {step}): score {score:.4f}{tasks_text}, "
+                    f"loss {loss:.2f}",
                     flush=True,
                 )
                 if trial.should_prune():
@@ -553,12 +582,16 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
         if best
         else "Best: none yet",
         "",
-        "| trial | state | score | " + " | ".join(names) + " | reports | s | error |",
-        "|" + "---|" * (len(names) + 6),
+        "| trial | state | score | "
+        + " | ".join(names)
+        + " | per task (last report) | reports | s | error |",
+        "|" + "---|" * (len(names) + 7),
     ]
     for t in trials:
         cells = [str(t.number), t.state.name, "-" if t.value is None else f"{t.value:.4f}"]
         cells += [_fmt(t.params.get(n)) for n in names]
+        last_tasks = (t.user_attrs.get("task_scores") or [{}])[-1]
+        cells.append(", ".join(f"{k} {v:.3f}" for k, v in last_tasks.items()) or "-")
         cells += [
             str(len(t.intermediate_values)),
             str(t.user_attrs.get("seconds", "")),
@@ -633,7 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--data", required=True, help="pre-training data (`python -m training.prepare`)")
-    ap.add_argument("--task", required=True, help="HEAR scene task folder for the linear evaluation")
+    ap.add_argument(
+        "--task",
+        required=True,
+        action="append",
+        help="HEAR scene task folder for the linear evaluation; repeat it to score the mean over tasks",
+    )
     ap.add_argument("--out", required=True, help="output folder (study.db, trials/, plots/, summary.md)")
     ap.add_argument(
         "--preset", default="fsd50k-ablation", help="base training preset (default: fsd50k-ablation, App. B)"

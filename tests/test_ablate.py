@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from test_linear_eval import write_tone_task
@@ -63,3 +64,18 @@ def test_two_variants_then_resume(setup, tmp_path, capsys):
     assert ablate.main(argv) == 0
     text = capsys.readouterr().out
     assert "rlf: trained" in text and "mixup+rrc+rlf: cached" in text
+
+
+def test_several_tasks_are_scored_and_averaged(setup, tmp_path):
+    data, task = setup
+    other = write_tone_task(tmp_path / "tones-b", seed=1)
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--task", str(task), "--task", str(other), "--out", str(out), *TINY]
+    assert ablate.main([*argv, "--only", "rlf", "--eval-max-clips", "6"]) == 0
+    result = json.loads((out / "variants" / "rlf" / "result.json").read_text())
+    per_task = {name: r["score"] for name, r in result["tasks"].items()}
+    assert set(per_task) == {"tones", "tones-b"}
+    assert result["score"] == pytest.approx(sum(per_task.values()) / 2)
+    with open(out / "ablation.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["linear tones-b"]) == pytest.approx(per_task["tones-b"])

@@ -115,6 +115,23 @@ def test_two_trials_pruned_and_reported(setup, tmp_path):
     assert "PRUNED" in (out / "summary.md").read_text()
 
 
+def test_several_tasks_score_their_mean(setup, tmp_path):
+    data, task = setup
+    other = write_tone_task(tmp_path / "tones-b", seed=1)
+    out = tmp_path / "out"
+    extra = ["--task", str(other), "--space", "lr_weights=log:1e-2:1", "--n-trials", "1"]
+    extra += ["--report-unit", "steps", "--report-every", "6", "--pruner", "none", "--eval-max-clips", "6"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    (trial,) = load(out).get_trials()
+    per_task = trial.user_attrs["task_scores"][-1]
+    assert set(per_task) == {"tones", "tones-b"}
+    assert trial.value == pytest.approx(sum(per_task.values()) / 2)
+    header = (out / "trials" / "0000" / "reports.csv").read_text().splitlines()[0]
+    assert header == "report,step,score,tones,tones-b,loss,seconds"
+    # Two folders of one name cannot be told apart in the records: refused.
+    assert sweep.main(argv(data, task, tmp_path / "o2", "--task", str(task), *extra[2:])) == 2
+
+
 def test_hyperband_study_writes_db_importances_and_plots(setup, tmp_path):
     data, task = setup
     out = tmp_path / "out"
