@@ -376,6 +376,31 @@ def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[s
     )
 
 
+def parse_enqueue(text: str, params: list[Param]) -> dict[str, Any]:
+    """``"k=v k=v"``: values for a trial to run first. Every searched setting needs a value (a trial
+    is one point of the space) and values must lie in it, else TPE would learn from a point it cannot
+    sample."""
+    by_name = {p.name: p for p in params}
+    values: dict[str, Any] = {}
+    for item in text.split():
+        key, sep, raw = item.partition("=")
+        if not sep or key not in by_name:
+            raise SweepError(f"--enqueue {item!r}: use KEY=VALUE with KEY one of {sorted(by_name)}")
+        p, value = by_name[key], parse_value(raw)
+        inside = (
+            value in p.choices
+            if p.kind == "cat"
+            else isinstance(value, (int, float)) and p.low <= value <= p.high
+        )
+        if not inside:
+            raise SweepError(f"--enqueue {item!r}: outside the space {p.describe()}")
+        values[key] = value
+    missing = sorted(set(by_name) - set(values))
+    if missing:
+        raise SweepError(f"--enqueue {text!r}: no value for {missing}")
+    return values
+
+
 def run_sweep(args: argparse.Namespace) -> int:
     import optuna
 
@@ -385,6 +410,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     params, fixed = build_space(
         args.space_preset, args.space, Path(args.space_file) if args.space_file else None
     )
+    enqueued = [parse_enqueue(text, params) for text in args.enqueue or []]
     fixed_overrides = [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
     base_overrides = fixed_overrides + list(args.overrides)
     if args.preset not in PRESETS:
@@ -438,6 +464,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             f"study {args.study_name!r} in {storage_url} was started with other settings ({', '.join(diff)}): "
             "repeat them to continue it, or use another --study-name or --out"
         )
+    if known is None:  # a new study: the trials the user wants run first (e.g. today's recipe)
+        for text, values in zip(args.enqueue or [], enqueued):
+            study.enqueue_trial(values, user_attrs={"enqueued": text})
     killed = recover_killed_trials(study, args.on_killed)
     if killed:
         print(
@@ -722,6 +751,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
     ap.add_argument(
         "--save-models", action="store_true", help="save each finished trial's encoder (trials/N/model)"
+    )
+    ap.add_argument(
+        "--enqueue",
+        action="append",
+        metavar="'K=V K=V'",
+        help="a trial to run first in a new study (e.g. today's recipe as a reference; repeatable)",
     )
     return ap
 

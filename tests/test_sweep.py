@@ -120,16 +120,34 @@ def test_several_tasks_score_their_mean(setup, tmp_path):
     other = write_tone_task(tmp_path / "tones-b", seed=1)
     out = tmp_path / "out"
     extra = ["--task", str(other), "--space", "lr_weights=log:1e-2:1", "--n-trials", "1"]
+    extra += ["--enqueue", "lr_weights=0.4"]
     extra += ["--report-unit", "steps", "--report-every", "6", "--pruner", "none", "--eval-max-clips", "6"]
     assert sweep.main(argv(data, task, out, *extra)) == 0
     (trial,) = load(out).get_trials()
     per_task = trial.user_attrs["task_scores"][-1]
     assert set(per_task) == {"tones", "tones-b"}
     assert trial.value == pytest.approx(sum(per_task.values()) / 2)
+    assert trial.params == {"lr_weights": 0.4} and trial.user_attrs["enqueued"] == "lr_weights=0.4"
     header = (out / "trials" / "0000" / "reports.csv").read_text().splitlines()[0]
     assert header == "report,step,score,tones,tones-b,loss,seconds"
     # Two folders of one name cannot be told apart in the records: refused.
     assert sweep.main(argv(data, task, tmp_path / "o2", "--task", str(task), *extra[2:])) == 2
+
+
+def test_enqueued_trials_must_be_points_of_the_space():
+    params, _ = sweep.build_space(None, ["lr_weights=log:1e-2:1", "optimizer=cat:lars,adamw"], None)
+    assert sweep.parse_enqueue("lr_weights=0.4 optimizer=adamw", params) == {
+        "lr_weights": 0.4,
+        "optimizer": "adamw",
+    }
+    for bad, why in [
+        ("lr_weights=2 optimizer=lars", "outside"),
+        ("lr_weights=0.4 optimizer=sgd", "outside"),
+        ("lr_weights=0.4", "no value"),
+        ("lr_weights=0.4 optimizer=lars lambd=0.1", "KEY one of"),
+    ]:
+        with pytest.raises(sweep.SweepError, match=why):
+            sweep.parse_enqueue(bad, params)
 
 
 def test_hyperband_study_writes_db_importances_and_plots(setup, tmp_path):
