@@ -218,9 +218,9 @@ def write_table(
             " ".join(r["overrides"]) or "(baseline)",
             r["score"],
             r["valid_score"],
-            r["final_loss"],
+            None if r["final_loss"] is None else round(r["final_loss"], 2),
         ]
-        row += [r["steps"], r["train_seconds"]]
+        row += [r["steps"], None if r["train_seconds"] is None else int(round(r["train_seconds"]))]
         if len(eval_tasks) > 1:
             row += [r.get("tasks", {}).get(t, {}).get("score") for t in eval_tasks]
         if tasks:
@@ -230,7 +230,9 @@ def write_table(
         rows.append(row)
 
     def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float) and v != round(v, 2):  # scores; losses are already rounded
+            return f"{v:.4f}"
+        return "-" if v is None else str(v)
 
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]

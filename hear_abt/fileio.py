@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Union
@@ -14,6 +16,7 @@ from typing import IO, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 # "No space left on device" and "Disk quota exceeded": both mean the write cannot finish here.
+_UMASK_LOCK = threading.Lock()
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 
 
@@ -41,6 +44,16 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        with _UMASK_LOCK:  # the umask can only be read by setting it
+            umask = os.umask(0o022)
+            os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
@@ -55,6 +68,8 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would (or the old file's).
+        os.chmod(tmp, _mode_for(path))
     except OSError as err:
         if is_disk_full(err) and not isinstance(err, DiskFullError):
             raise DiskFullError(path, err) from err

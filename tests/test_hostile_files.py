@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -261,3 +263,17 @@ def test_pretrain_reports_damaged_data_as_an_error_line(data, tmp_path):
     message = str(exit_.value.code)
     assert message.startswith("error: ") and "shard-000000.index.npy" in message
     assert "python -m training.prepare" in message
+
+
+def test_atomic_writes_get_an_ordinary_files_mode_or_keep_the_old_one(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "x")  # mkstemp alone would give 0600
+        assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    (tmp_path / "kept.txt").write_text("old")
+    os.chmod(tmp_path / "kept.txt", 0o604)
+    atomic_write_text(tmp_path / "kept.txt", "new")
+    assert stat.S_IMODE((tmp_path / "kept.txt").stat().st_mode) == 0o604
+    assert (tmp_path / "kept.txt").read_text() == "new"

@@ -16,9 +16,9 @@ def test_every_preset_is_valid(preset):
 def test_cpu_hour_is_the_documented_recipe():
     cfg = build_config("cpu-hour")
     assert cfg.encoder_kwargs == {"channels": 32, "mlp_dim": 512}
-    assert (cfg.projector_hidden, cfg.projector_out, cfg.batch_size, cfg.steps) == (2048, 256, 128, 480)
+    assert (cfg.projector_hidden, cfg.projector_out, cfg.batch_size, cfg.steps) == (2048, 256, 128, 1440)
     # The run length is a setting, not an epoch cap plus a flag.
-    assert engine.run_length(cfg, steps_per_epoch=7) == 480
+    assert engine.run_length(cfg, steps_per_epoch=7) == 1440
     assert engine.run_length(build_config("cpu-tiny"), steps_per_epoch=7) == 20 * 7
 
 
@@ -44,7 +44,7 @@ def test_help_lists_the_chosen_presets_values(capsys):
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--preset", "cpu-hour", "--run-dir", "x", "--help"])
     out = capsys.readouterr().out
-    assert "Settings of preset 'cpu-hour'" in out and "steps = 480" in out and "batch_size = 128" in out
+    assert "Settings of preset 'cpu-hour'" in out and "steps = 1440" in out and "batch_size = 128" in out
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--run-dir", "x", "--help"])
     assert f"Settings of preset '{DEFAULT_PRESET}'" in capsys.readouterr().out
