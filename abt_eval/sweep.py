@@ -290,11 +290,15 @@ def make_pruner(text: str, max_resource: int):
     raise SweepError(f"--pruner {text!r}: use hyperband, median, none or threshold:X")
 
 
-def make_sampler(text: str, seed: int):
+def make_sampler(text: str, seed: int, startup_trials: int = 10):
+    """TPE samples at random for its first ``startup_trials`` trials (Optuna's default 10): a sweep
+    of fewer trials than that is a random search."""
     import optuna
 
+    if startup_trials < 1:
+        raise SweepError(f"--startup-trials {startup_trials}: must be >= 1")
     if text == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
     if text == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SweepError(f"--sampler {text!r}: use tpe or random")
@@ -450,7 +454,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         storage=storage,
         study_name=args.study_name,
         direction="maximize",
-        sampler=make_sampler(args.sampler, base.seed),
+        sampler=make_sampler(args.sampler, base.seed, args.startup_trials),
         pruner=make_pruner(args.pruner, n_reports),
         load_if_exists=True,
     )
@@ -719,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--n-trials", type=int, default=16, help="finished (complete or pruned) trials wanted")
     ap.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
+    ap.add_argument(
+        "--startup-trials",
+        type=int,
+        default=10,
+        help="TPE's random trials before it models the space (default 10, Optuna's)",
+    )
     ap.add_argument("--pruner", default="hyperband", help="hyperband (default), median, none or threshold:X")
     ap.add_argument("--report-unit", default="epoch", choices=("epoch", "steps"))
     ap.add_argument("--report-every", type=int, default=1, help="report every N epochs or steps")

@@ -96,6 +96,9 @@ def test_space_specs_and_presets(tmp_path):
     assert params[0].name == "augment.mixup_ratio" and fixed == {"optimizer": "adamw"}
     cfg = sweep.trial_config("cpu-tiny", [], {"augment.mixup_ratio": 0.3, "optimizer": "adamw"})
     assert cfg.augment.mixup_ratio == 0.3 and cfg.optimizer == "adamw"
+    assert sweep.make_sampler("tpe", 0, 3)._n_startup_trials == 3
+    with pytest.raises(sweep.SweepError, match="startup-trials"):
+        sweep.make_sampler("tpe", 0, 0)
     assert sweep.report_steps(10, 4, "epoch", 1) == [4, 8, 10]
     assert sweep.report_steps(10, 4, "steps", 3) == [3, 6, 9, 10]
 
