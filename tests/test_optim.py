@@ -109,8 +109,38 @@ def test_build_adamw_defaults():
     assert groups["weights"]["betas"] == (0.9, 0.999) and groups["weights"]["eps"] == 1e-8
     opt2 = build_optimizer("adamw", _tiny_model(), lr_weights=1e-4, batch_size=64)
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([5e-5, 5e-5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no paper defaults"):
         build_optimizer("sgd", _tiny_model())
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        build_optimizer("rmsprop", _tiny_model(), lr_weights=1e-3, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_adam_and_sgd_of_the_paper_sweeps(name, cls):
+    opt = build_optimizer(name, _tiny_model(), lr_weights=1e-3, weight_decay=0.01, batch_size=256)
+    assert type(opt) is cls
+    groups = {g["name"]: g for g in opt.param_groups}
+    # One (scaled) rate for weights and biases; decay only on the weights.
+    assert groups["weights"]["lr"] == pytest.approx(2e-3) and groups["no_decay"]["lr"] == pytest.approx(2e-3)
+    assert groups["weights"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0.0
+
+
+def test_sgd_step_by_hand():
+    # SGD with momentum 0.9 and L2 decay, two steps on w (grad g each time):
+    # d1 = g + wd*w0; w1 = w0 - lr*d1; d2 = g + wd*w1; buf2 = 0.9*d1 + d2; w2 = w1 - lr*buf2
+    w = nn.Parameter(torch.tensor([[1.0, -2.0]]))
+    model = nn.Module()
+    model.w = w
+    opt = build_optimizer("sgd", model, lr_weights=0.1, weight_decay=0.5)
+    g = torch.tensor([[0.2, 0.4]])
+    w0 = w.detach().clone()
+    for _ in range(2):
+        w.grad = g.clone()
+        opt.step()
+    d1 = g + 0.5 * w0
+    w1 = w0 - 0.1 * d1
+    d2 = g + 0.5 * w1
+    assert torch.allclose(w.detach(), w1 - 0.1 * (0.9 * d1 + d2))
 
 
 def test_lr_schedule_values():

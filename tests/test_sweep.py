@@ -87,9 +87,17 @@ def test_space_specs_and_presets(tmp_path):
     assert fixed == {"optimizer": "lars"}
     params, fixed = sweep.build_space("paper-adamw", [], None)
     assert fixed["optimizer"] == "adamw" and {p.name for p in params} == {"lr_weights", "weight_decay"}
-    for missing in ("paper-adam", "paper-sgd"):
-        with pytest.raises(sweep.SweepError, match="does not implement"):
-            sweep.build_space(missing, [], None)
+    for preset, optimizer in (("paper-adam", "adam"), ("paper-sgd", "sgd")):
+        params, fixed = sweep.build_space(preset, [], None)
+        assert fixed["optimizer"] == optimizer
+        assert {p.name: (p.kind, p.low, p.high) for p in params} == {
+            "lr_weights": ("log", 1e-6, 1e-2),
+            "weight_decay": ("log", 1e-3, 1.0),
+        }
+        cfg = sweep.trial_config(
+            "cpu-tiny", [f"optimizer={optimizer}"], {"lr_weights": 1e-4, "weight_decay": 0.1}
+        )
+        assert (cfg.optimizer, cfg.lr_weights, cfg.weight_decay) == (optimizer, 1e-4, 0.1)
     space_file = tmp_path / "space.yaml"
     space_file.write_text("space:\n  augment.mixup_ratio: float:0:0.5\nfixed:\n  optimizer: adamw\n")
     params, fixed = sweep.build_space(None, [], space_file)
@@ -135,6 +143,19 @@ def test_several_tasks_score_their_mean(setup, tmp_path):
     assert header == "report,step,score,tones,tones-b,loss,seconds"
     # Two folders of one name cannot be told apart in the records: refused.
     assert sweep.main(argv(data, task, tmp_path / "o2", "--task", str(task), *extra[2:])) == 2
+
+
+def test_a_sweep_over_the_papers_sgd_space_trains(setup, tmp_path):
+    # optimizer=sgd is only valid with a rate and a decay: the space supplies them.
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space-preset", "paper-sgd", "--n-trials", "1", "--report-unit", "steps"]
+    extra += ["--report-every", "6", "--pruner", "none", "--eval-max-clips", "6"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    (trial,) = load(out).get_trials()
+    assert trial.state.name == "COMPLETE" and set(trial.params) == {"lr_weights", "weight_decay"}
+    config = json.loads((out / "trials" / "0000" / "config.json").read_text())
+    assert config["optimizer"] == "sgd" and config["lr_weights"] == trial.params["lr_weights"]
 
 
 def test_enqueued_trials_must_be_points_of_the_space():

@@ -26,10 +26,12 @@ def test_cpu_hour_is_the_documented_recipe():
     "override, message",
     [
         ("batch_size=1", "batch_size=1 is out of range"),
+        ("optimizer=adam", "optimizer=adam has no paper defaults"),
+        ("optimizer=rmsprop", "optimizer='rmsprop' is out of range"),
         ("batch_size=true", "batch_size=True has the wrong type"),
         ("lr_weights=-1", "lr_weights=-1 is out of range"),
         ("precision=fp8", "precision='fp8' is out of range"),
-        ("optimizer=sgd", "optimizer='sgd' is out of range"),
+        ("optimizer=sgd", "optimizer=sgd has no paper defaults"),
         ("warmup_fraction=2", "warmup_fraction=2 is out of range"),
         ("steps=2.5", "steps=2.5 has the wrong type"),
         ("probe_every=5", "probe_every needs probe_task"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import AugmentConfig
+from .optim import OPTIMIZERS
 
 
 @dataclass
@@ -74,7 +75,7 @@ class TrainConfig:
             ("crop_frames", self.crop_frames, int, lambda v: 4 <= v <= 100_000),
             ("epochs", self.epochs, (int, float), lambda v: v > 0),
             ("steps", self.steps, int, lambda v: v >= 0),
-            ("optimizer", self.optimizer, str, lambda v: v in ("lars", "adamw")),
+            ("optimizer", self.optimizer, str, lambda v: v in OPTIMIZERS),
             ("lr_weights", self.lr_weights, (int, float, type(None)), lambda v: v is None or v >= 0),
             ("lr_biases", self.lr_biases, (int, float, type(None)), lambda v: v is None or v >= 0),
             ("weight_decay", self.weight_decay, (int, float, type(None)), lambda v: v is None or v >= 0),
@@ -98,6 +99,10 @@ class TrainConfig:
                 )
             if ok is not None and not ok(value):
                 raise ValueError(f"setting {name}={value!r} is out of range")
+        if self.optimizer in ("adam", "sgd") and (self.lr_weights is None or self.weight_decay is None):
+            raise ValueError(
+                f"optimizer={self.optimizer} has no paper defaults: set lr_weights=... and weight_decay=..."
+            )
         if self.probe_every and not self.probe_task:
             raise ValueError("probe_every needs probe_task=PATH (a HEAR-format scene task folder)")
         return self

@@ -1,4 +1,5 @@
-"""Optimisers (LARS for AudioNTT, AdamW for ViT_C), parameter grouping and the LR schedule.
+"""Optimisers (LARS for AudioNTT, AdamW for ViT_C; Adam and SGD as in the paper's sweeps), parameter
+grouping and the LR schedule.
 
 Learning rates are given for a batch of 128 (the paper's tuning batch) and scaled linearly to the
 actual batch in exactly one place, :func:`scale_lr`, called by :func:`build_optimizer`. Every param
@@ -22,6 +23,9 @@ REFERENCE_BATCH = 128
 LARS_DEFAULTS = {"lr_weights": 0.4, "lr_biases": 0.0048, "weight_decay": 1e-5}
 # Paper, Appendix A.1 (AdamW for ViT_C, Xiao et al.'s values); one rate for all parameters.
 ADAMW_DEFAULTS = {"lr_weights": 6.25e-5, "lr_biases": 6.25e-5, "weight_decay": 0.24}
+# Adam (L2 weight decay added to the gradient) and SGD with momentum 0.9: the paper only sweeps them
+# (Appendix B: lr 1e-6..1e-2, wd 1e-3..1) and reports no chosen values, so they have no defaults.
+OPTIMIZERS = ("lars", "adamw", "adam", "sgd")
 
 # Parameters excluded from weight decay (and LARS adaptation) by name, beside every ndim <= 1 tensor.
 # The ViT [CLS] token is a learned embedding, not a weight matrix: decaying it only pulls the
@@ -132,7 +136,9 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """``"lars"`` or ``"adamw"`` with the paper's defaults for any rate/decay left as None.
+    """``"lars"`` or ``"adamw"`` with the paper's defaults for any rate/decay left as None; ``"adam"`` and
+    ``"sgd"`` (no paper defaults) need ``lr_weights`` and ``weight_decay``. One rate for weights and
+    biases unless ``lr_biases`` is given (LARS: its own bias rate).
 
     Rates are batch-128 values; they are scaled here (once) to ``batch_size``, which must be the
     global batch (all ranks together).
@@ -142,17 +148,28 @@ def build_optimizer(
         defaults = LARS_DEFAULTS
     elif name == "adamw":
         defaults = ADAMW_DEFAULTS
+    elif name in ("adam", "sgd"):
+        if lr_weights is None or weight_decay is None:
+            raise ValueError(
+                f"optimizer {name!r} has no paper defaults: set lr_weights and weight_decay "
+                "(the paper sweeps lr 1e-6..1e-2, wd 1e-3..1)"
+            )
+        defaults = {}
     else:
-        raise ValueError(f"unknown optimizer {name!r}; expected 'lars' or 'adamw'")
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     lr_w = defaults["lr_weights"] if lr_weights is None else lr_weights
     if lr_biases is None:
-        # LARS has its own bias rate; AdamW uses one rate for all parameters unless told otherwise.
+        # LARS has its own bias rate; the others use one rate for all parameters unless told otherwise.
         lr_biases = defaults["lr_biases"] if name == "lars" else lr_w
     lr_w, lr_b = scale_lr(lr_w, batch_size), scale_lr(lr_biases, batch_size)
     wd = defaults["weight_decay"] if weight_decay is None else weight_decay
     groups = param_groups(model, lr_w, lr_b, wd)
     if name == "lars":
         return LARS(groups, lr=lr_w, weight_decay=wd, momentum=momentum, eta=eta)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr_w, weight_decay=wd, betas=betas, eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr_w, weight_decay=wd, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr_w, weight_decay=wd, betas=betas, eps=eps)
 
 
