@@ -27,7 +27,7 @@ from typing import Any
 from hear_abt.fileio import atomic_open, atomic_write_text
 from training import pretrain
 from training.config import PRESETS, build_config, parse_value
-from training.linear_eval import HearTask, LinearEvalSettings, evaluate
+from training.linear_eval import HearTask, LinearEvalSettings, evaluate, task_names
 
 # Fig. A-3: combinations of the audio augmentation blocks (Mixup, RRC, RLF; Gaussian noise; PPN).
 AUGMENT = [
@@ -218,9 +218,9 @@ def write_table(
             " ".join(r["overrides"]) or "(baseline)",
             r["score"],
             r["valid_score"],
-            None if r["final_loss"] is None else round(r["final_loss"], 2),
+            None if r["final_loss"] is None else f"{r['final_loss']:.2f}",
         ]
-        row += [r["steps"], None if r["train_seconds"] is None else int(round(r["train_seconds"]))]
+        row += [r["steps"], None if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"]
         if len(eval_tasks) > 1:
             row += [r.get("tasks", {}).get(t, {}).get("score") for t in eval_tasks]
         if tasks:
@@ -230,9 +230,7 @@ def write_table(
         rows.append(row)
 
     def fmt(v: Any) -> str:
-        if isinstance(v, float) and v != round(v, 2):  # scores; losses are already rounded
-            return f"{v:.4f}"
-        return "-" if v is None else str(v)
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -326,10 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = select_variants(args)
         for v in variants:  # every variant's settings checked before anything trains
             build_config(args.preset, list(args.overrides) + v.overrides)
+        task_names(args.task)
         tasks = [HearTask(t, args.eval_max_clips) for t in args.task]
-        names = [t.task_dir.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise AblationError(f"--task folders need distinct names: {names}")
     except (AblationError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ from hear_abt.fileio import atomic_write_text
 from training import engine
 from training.config import PRESETS, TrainConfig, build_config, parse_value
 from training.data import ShardDataset
-from training.linear_eval import HearTask, LinearEvalSettings, evaluate_encoder
+from training.linear_eval import HearTask, LinearEvalSettings, evaluate_encoder, task_names
 
 # The paper's spaces (Appendix B), all log scale.
 SPACE_PRESETS: dict[str, dict[str, Any]] = {
@@ -432,9 +432,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise SweepError(str(err)) from err
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = ShardDataset(args.data)
-    names = [Path(t).name for t in args.task]
-    if len(set(names)) != len(names):
-        raise SweepError(f"--task folders need distinct names: {names}")
+    try:
+        names = task_names(args.task)
+    except ValueError as err:
+        raise SweepError(f"--task: {err}") from err
     fns: dict[str, ScoreFn] = {}
     for name, task_dir in zip(names, args.task):
         if args.eval_protocol == "logreg":  # the cheap probe: logistic regression, accuracy on valid

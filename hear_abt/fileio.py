@@ -16,7 +16,6 @@ from typing import IO, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 # "No space left on device" and "Disk quota exceeded": both mean the write cannot finish here.
-_UMASK_LOCK = threading.Lock()
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 
 
@@ -42,6 +41,9 @@ class DiskFullError(OSError):
 def is_disk_full(err: BaseException) -> bool:
     """True for an OSError that says the disk or the quota is full."""
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _mode_for(path: Path) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import AugmentConfig
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZERS, check_optimizer_settings
 
 
 @dataclass
@@ -99,10 +99,7 @@ class TrainConfig:
                 )
             if ok is not None and not ok(value):
                 raise ValueError(f"setting {name}={value!r} is out of range")
-        if self.optimizer in ("adam", "sgd") and (self.lr_weights is None or self.weight_decay is None):
-            raise ValueError(
-                f"optimizer={self.optimizer} has no paper defaults: set lr_weights=... and weight_decay=..."
-            )
+        check_optimizer_settings(self.optimizer, self.lr_weights, self.weight_decay)
         if self.probe_every and not self.probe_task:
             raise ValueError("probe_every needs probe_task=PATH (a HEAR-format scene task folder)")
         return self

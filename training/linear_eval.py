@@ -119,6 +119,14 @@ def read_clip(task_dir: Path, split: str, name: str) -> np.ndarray:
     return wav
 
 
+def task_names(task_dirs: list[str | Path]) -> list[str]:
+    """The folder names that label several tasks' scores; refused when two are the same."""
+    names = [Path(t).name for t in task_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task folders need distinct names: {names}")
+    return names
+
+
 class HearTask:
     """A HEAR scene task's audio and labels, loaded once; :func:`evaluate` embeds it per model.
 

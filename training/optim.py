@@ -27,6 +27,16 @@ ADAMW_DEFAULTS = {"lr_weights": 6.25e-5, "lr_biases": 6.25e-5, "weight_decay": 0
 # (Appendix B: lr 1e-6..1e-2, wd 1e-3..1) and reports no chosen values, so they have no defaults.
 OPTIMIZERS = ("lars", "adamw", "adam", "sgd")
 
+
+def check_optimizer_settings(name: str, lr_weights: float | None, weight_decay: float | None) -> None:
+    """Refuse an optimiser without paper defaults (Adam, SGD) when its rate or decay is left unset."""
+    if name in ("adam", "sgd") and (lr_weights is None or weight_decay is None):
+        raise ValueError(
+            f"optimizer={name} has no paper defaults: set lr_weights=... and weight_decay=... "
+            "(the paper sweeps lr 1e-6..1e-2, wd 1e-3..1)"
+        )
+
+
 # Parameters excluded from weight decay (and LARS adaptation) by name, beside every ndim <= 1 tensor.
 # The ViT [CLS] token is a learned embedding, not a weight matrix: decaying it only pulls the
 # sequence summary towards zero, so like MAE/timm we treat it as a "no decay" parameter.
@@ -149,11 +159,7 @@ def build_optimizer(
     elif name == "adamw":
         defaults = ADAMW_DEFAULTS
     elif name in ("adam", "sgd"):
-        if lr_weights is None or weight_decay is None:
-            raise ValueError(
-                f"optimizer {name!r} has no paper defaults: set lr_weights and weight_decay "
-                "(the paper sweeps lr 1e-6..1e-2, wd 1e-3..1)"
-            )
+        check_optimizer_settings(name, lr_weights, weight_decay)
         defaults = {}
     else:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
