@@ -2,7 +2,7 @@
 
     python -m abt_eval.hear_eval --tasks-dir TASKS --out OUT_DIR --model NAME=SOURCE [--model NAME=SOURCE ...]
         [--module hear_abt] [--random-baseline] [--logmel-reference] [--grid default|fast|faster] [--tasks a,b]
-        [--model-options JSON] [--seed 0]
+        [--model-options JSON] [--seed 0] [--jobs N]
 
 What it runs, the output layout, the scores and "% vs random", resuming: ``docs/evaluation.md``
 ("One-command evaluation").
@@ -538,10 +538,18 @@ class EvalSettings:
     grid: str = "default"
     model_options: dict = dataclasses.field(default_factory=dict)
     python: str = sys.executable
+    jobs: int = 1  # (model, task) pairs evaluated at once
 
 
-def _subprocess_env(source: str) -> dict[str, str]:
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def _subprocess_env(source: str, jobs: int = 1) -> dict[str, str]:
     env = dict(os.environ)
+    if jobs > 1:  # share the cores between the pairs run at once, unless the user already chose
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(_threads_per_job(jobs)))
     # The runners must import this package and hear_abt as we did: from a checkout that is not installed,
     # that needs its folder on the path (for an installed package the interpreter finds it already).
     root = str(_import_root())
@@ -598,7 +606,7 @@ def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
     log = log_path(s.out_dir, spec.name, task)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"# abt_eval.hear_eval: {spec.name} ({spec.source}) on {task}\n")
-    env = _subprocess_env(spec.source)
+    env = _subprocess_env(spec.source, s.jobs)
     if spec.module:  # a module of its own takes no weights
         env.pop(WEIGHTS_ENV, None)
     cwd = Path(s.out_dir).resolve()
@@ -616,6 +624,58 @@ def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
     if rc != 0 or not (folder / SCORES_FILE).is_file():
         return failed(f"predictions runner failed (exit status {rc})")
     return PairResult(spec.name, task, "ok", time.time() - start)
+
+
+def run_pairs(
+    pairs: Sequence[tuple[ModelSpec, str]], s: EvalSettings, random_failed: Mapping[str, str]
+) -> list[PairResult]:
+    """Evaluate the pairs, ``s.jobs`` at a time, printing each as it ends; results in ``pairs``' order."""
+    total = len(pairs)
+    t0 = time.time()
+    done = 0
+
+    def one(spec: ModelSpec, task: str) -> PairResult:
+        if spec.name in random_failed:
+            return PairResult(spec.name, task, "failed", error=random_failed[spec.name])
+        try:
+            return evaluate_pair(spec, task, s)
+        except Exception as err:  # e.g. unreadable scores; one pair must not stop the rest
+            return PairResult(spec.name, task, "failed", error=f"{type(err).__name__}: {err}")
+
+    def report(res: PairResult) -> None:
+        nonlocal done
+        done += 1
+        line = f"[{done}/{total}] {res.model} / {res.task}: {res.status}"
+        if res.status != "cached":
+            line += f" in {res.seconds:.1f} s (total {time.time() - t0:.0f} s)"
+        if res.status == "failed":
+            line += f": {res.error}; log: {log_path(s.out_dir, res.model, res.task)}"
+        print(line, flush=True)
+        text = tail(log_path(s.out_dir, res.model, res.task)) if res.status == "failed" else ""
+        if text:
+            print(
+                f"---- last lines of {log_path(s.out_dir, res.model, res.task)} ----\n{text}\n----",
+                flush=True,
+            )
+
+    if s.jobs <= 1:
+        results = []
+        for spec, task in pairs:
+            print(f"[{done + 1}/{total}] {spec.name} / {task} ...", flush=True)
+            results.append(one(spec, task))
+            report(results[-1])
+        return results
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    # Threads suffice: each pair's work happens in heareval's own processes.
+    with ThreadPoolExecutor(max_workers=s.jobs) as pool:
+        futures = {pool.submit(one, spec, task): i for i, (spec, task) in enumerate(pairs)}
+        print(f"{total} (model, task) pairs, {s.jobs} at a time ...", flush=True)
+        results: list[PairResult | None] = [None] * total
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            report(results[futures[fut]])
+    return results
 
 
 def check_manifest(out_dir: Path, grid: str, specs: Sequence[ModelSpec]) -> None:
@@ -648,7 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         "--tasks-dir", required=True, type=Path, help="HEAR tasks (<task>/task_metadata.json, ...)"
     )
     ap.add_argument("--out", required=True, type=Path, help="output folder (embeddings, logs, results.*)")
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=SOURCE", help="repeatable")
+    ap.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="repeatable; at least one unless --logmel-reference is given",
+    )
     ap.add_argument("--module", default="hear_abt", help="HEAR module for heareval (default: hear_abt)")
     ap.add_argument("--random-baseline", action="store_true", help="also evaluate <NAME>-random per model")
     ap.add_argument(
@@ -660,6 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", default="default", choices=GRIDS, help="heareval probe grid")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of the tasks in --tasks-dir")
     ap.add_argument("--model-options", default="{}", help="JSON dict of load_model kwargs (heareval option)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(model, task) pairs evaluated at once, each in its own heareval processes with a share "
+        "of the cores (OMP_NUM_THREADS, unless set); worth it where heareval leaves cores idle, e.g. "
+        "event tasks' single-threaded post-processing",
+    )
     args = ap.parse_args(argv)
 
     try:
@@ -669,42 +743,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    results: list[PairResult] = []
-    total = len(specs) * len(tasks)
-    t0 = time.time()
     random_failed: dict[str, str] = {}
-    for spec in specs:
+    for spec in specs:  # before any pair runs: a baseline's pairs need its weights
         if spec.baseline_of is not None:
             base = next(x for x in specs if x.name == spec.baseline_of)
             try:
                 make_random_baseline(base.source, spec.source, seed=args.seed)
             except Exception as err:  # any load failure: report and go on with the others
                 random_failed[spec.name] = f"cannot build the random-init baseline: {err}"
-        for task in tasks:
-            n = len(results) + 1
-            print(f"[{n}/{total}] {spec.name} / {task} ...", flush=True)
-            if spec.name in random_failed:
-                res = PairResult(spec.name, task, "failed", error=random_failed[spec.name])
-            else:
-                try:
-                    res = evaluate_pair(spec, task, settings)
-                except Exception as err:  # e.g. unreadable scores; one pair must not stop the rest
-                    res = PairResult(spec.name, task, "failed", error=f"{type(err).__name__}: {err}")
-            results.append(res)
-            line = f"[{n}/{total}] {spec.name} / {task}: {res.status}"
-            if res.status != "cached":
-                line += f" in {res.seconds:.1f} s (total {time.time() - t0:.0f} s)"
-            if res.status == "failed":
-                line += f": {res.error}; log: {log_path(args.out, spec.name, task)}"
-            print(line, flush=True)
-            if res.status == "failed":
-                text = tail(log_path(args.out, spec.name, task))
-                if text:
-                    print(
-                        f"---- last lines of {log_path(args.out, spec.name, task)} ----\n{text}\n----",
-                        flush=True,
-                    )
-
+    pairs = [(spec, task) for spec in specs for task in tasks]
+    results = run_pairs(pairs, settings, random_failed)
     try:
         scores = collect_scores(args.out, specs, tasks, settings.module, settings.model_options)
         table = results_table(scores, baselines, tasks)
@@ -717,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in results if r.status == "failed"]
     if failed:
-        print(f"{len(failed)} of {total} (model, task) pairs failed:", file=sys.stderr)
+        print(f"{len(failed)} of {len(results)} (model, task) pairs failed:", file=sys.stderr)
         for r in failed:
             print(f"  {r.model} / {r.task}: {r.error}", file=sys.stderr)
         return 1
@@ -746,6 +794,8 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
     if not isinstance(options, dict):
         raise EvalError("--model-options must be a JSON object")
 
+    if not args.model and not getattr(args, "logmel_reference", False):
+        raise EvalError("nothing to evaluate: give --model NAME=SOURCE (repeatable) or --logmel-reference")
     specs: list[ModelSpec] = []
     baselines: dict[str, str] = {}
     for text in args.model:
@@ -768,7 +818,10 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EvalError(f"model names must be unique (a baseline is NAME{RANDOM_SUFFIX}): {dupes}")
-    settings = EvalSettings(args.tasks_dir, args.out, args.module, args.grid, options)
+    jobs = getattr(args, "jobs", 1)
+    if jobs < 1:
+        raise EvalError(f"--jobs must be >= 1, got {jobs}")
+    settings = EvalSettings(args.tasks_dir, args.out, args.module, args.grid, options, jobs=jobs)
     return specs, baselines, tasks, settings
 
 

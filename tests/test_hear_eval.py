@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -354,6 +355,57 @@ def test_failure_of_one_task_does_not_stop_the_others(tmp_path, tasks_dir, tiny_
     assert "m / words: ok" in captured.out
     assert "| words | top1_acc ↑ | 0.5000 |" in captured.out
     assert "m / voices" in captured.err
+
+
+class ConcurrentFake(FakeHeareval):
+    """Each embeddings call waits for a second one: it succeeds only if two pairs really run at once."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.barrier = threading.Barrier(2, timeout=20)
+
+    def __call__(self, cmd, log_file, env, cwd):
+        if list(cmd)[3] == "embeddings":
+            self.barrier.wait()
+        return super().__call__(cmd, log_file, env, cwd)
+
+
+def test_jobs_run_pairs_at_once_with_a_share_of_the_cores(
+    tmp_path, tasks_dir, tiny_model, monkeypatch, capsys
+):
+    fake = ConcurrentFake(accuracy={"abt": 0.6, "abt-random": 0.4})
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hear_eval.os, "cpu_count", lambda: 8)
+    out = tmp_path / "out"
+    argv = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", f"abt={tiny_model}"]
+    assert hear_eval.main(argv + ["--random-baseline", "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "| voices | top1_acc ↑ | 0.6000 | 0.4000 | +50.0% |" in text  # same table as one at a time
+    assert len(fake.calls) == 8 and text.count(": ok in") == 4
+    assert {env["OMP_NUM_THREADS"] for _, _, env in fake.calls} == {"4"}  # 8 cores / 2 jobs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins
+    fake = ConcurrentFake()
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    argv2 = ["--tasks-dir", str(tasks_dir), "--out", str(tmp_path / "out2"), "--model", f"a={tiny_model}"]
+    assert hear_eval.main(argv2 + ["--model", f"b={tiny_model}", "--tasks", "words", "--jobs", "2"]) == 0
+    assert {env["OMP_NUM_THREADS"] for _, _, env in fake.calls} == {"1"} and len(fake.calls) == 4
+    assert hear_eval.main(argv + ["--jobs", "0"]) == 2
+
+
+def test_log_mel_reference_alone(tmp_path, tasks_dir, monkeypatch, capsys):
+    fake = FakeHeareval()
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    out = tmp_path / "out"
+    base = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--tasks", "words"]
+    assert hear_eval.main(base + ["--logmel-reference"]) == 0
+    assert [c[4] for c in fake.cmds] == [
+        hear_eval.LOGMEL_MODULE,
+        str(hear_eval.embed_task_dir(out, "logmel", "words", hear_eval.LOGMEL_MODULE).resolve()),
+    ]
+    assert "| words | top1_acc ↑ | 0.5000 |" in capsys.readouterr().out
+    assert hear_eval.main(base) == 2  # nothing to evaluate
+    assert "nothing to evaluate" in capsys.readouterr().err
 
 
 def test_hub_id_goes_through_the_environment(tmp_path, tasks_dir, monkeypatch):
