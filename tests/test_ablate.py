@@ -79,3 +79,31 @@ def test_several_tasks_are_scored_and_averaged(setup, tmp_path):
     with open(out / "ablation.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["linear tones-b"]) == pytest.approx(per_task["tones-b"])
+
+
+def test_hear_scores_join_the_table(setup, tmp_path, monkeypatch):
+    """--hear-tasks: every variant's checkpoint goes through abt_eval.hear_eval (heareval faked here;
+    the real runners are exercised by the heartools tests) and its scores become table columns."""
+    from test_hear_eval import FakeHeareval
+
+    from abt_eval import hear_eval
+
+    data, task = setup
+    fake = FakeHeareval(accuracy={"rlf": 0.7, "mixup+rrc+rlf": 0.3})
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, "--eval-max-clips", "6"]
+    argv += ["--only", "rlf,mixup+rrc+rlf", "--hear-tasks", str(task.parent), "--hear-grid", "faster"]
+    assert ablate.main(argv) == 0
+    preds = [c for c in fake.cmds if c[3] == "predictions"]
+    assert len(preds) == 2 and all(c[-2:] == ["--grid", "faster"] for c in preds)
+    embeds = [c for c in fake.cmds if c[3] == "embeddings"]
+    checkpoints = {c[c.index("--model") + 1] for c in embeds}
+    assert checkpoints == {
+        json.loads((out / "variants" / v / "result.json").read_text())["checkpoint"]
+        for v in ("rlf", "mixup+rrc+rlf")
+    }
+    with open(out / "ablation.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert float(rows["rlf"][f"HEAR {task.name}"]) == pytest.approx(0.7)
+    assert float(rows["mixup+rrc+rlf"]["HEAR average"]) == pytest.approx(0.3)
