@@ -121,6 +121,45 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     )
 
 
+def test_resume_restores_the_streams_after_set_up_that_draws_from_them(corpus, tmp_path, monkeypatch):
+    """Set-up code that draws from the global RNGs must not shift a resumed run's streams.
+
+    Found for real: with TensorFlow installed (the HEAR tools bring it), TensorBoard's writer imports it,
+    which imports `rich`, which calls `random.getrandbits` on import, on rank 0 only and after seeding.
+    """
+    import random
+    import shutil
+
+    from training.monitor import Monitor
+
+    init = Monitor.__init__
+
+    def drawing_init(self, *args, **kwargs):
+        random.getrandbits(24)
+        torch.rand(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Monitor, "__init__", drawing_init)
+    real_save = pretrain.save_checkpoint
+
+    def save_and_keep_step_4(path, state):
+        real_save(path, state)
+        if state["step"] == 4:
+            shutil.copyfile(path, tmp_path / "step4.pt")
+
+    monkeypatch.setattr(pretrain, "save_checkpoint", save_and_keep_step_4)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(corpus, straight, "checkpoint_every=4", steps=8) == 0
+    shutil.copytree(straight, resumed)
+    shutil.copyfile(tmp_path / "step4.pt", resumed / "checkpoints" / "last.pt")  # as if killed after step 4
+    assert pretrain.main(["--run-dir", str(resumed), "--resume", "--no-progress"]) == 0
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for part in ("encoder", "projector", "optimizer", "ranks"):
+        assert_same_tree(a[part], b[part], part)
+
+
 def test_nan_loss_stops_with_last_good_checkpoint_intact(corpus, tmp_path, monkeypatch, capsys):
     real_loss = engine.BarlowTwinsLoss
 

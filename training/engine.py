@@ -271,7 +271,11 @@ def load_rank_state(state: TrainState, saved: dict[str, Any]) -> None:
         raise ValueError(f"rank {state.rank} was handed the state of rank {saved['rank']}")
     state.sampler.load_state_dict(saved["sampler"])
     state.augmenter.load_state_dict(saved["augment"])
-    rng = saved["rng"]
+    set_rngs(state, saved["rng"])
+
+
+def set_rngs(state: TrainState, rng: dict[str, Any]) -> None:
+    """Set this rank's random streams (torch, augmentation, Python, CUDA) to the saved ``rng``."""
     torch.set_rng_state(rng["torch"])
     state.aug_gen.set_state(rng["augment"])
     version, internal, gauss = rng["python"]
@@ -327,3 +331,10 @@ def load_checkpoint_state(state: TrainState, saved: dict[str, Any]) -> None:
     state.step = int(saved["step"])
     state.best_probe = float(saved.get("best_probe", float("-inf")))
     load_rank_state(state, saved["ranks"][state.rank])
+
+
+def reset_rngs(state: TrainState, saved: dict[str, Any]) -> None:
+    """Set this rank's random streams to ``saved``'s again: call it after any set-up that ran between
+    :func:`load_checkpoint_state` and the first step, since set-up code may draw from the global RNGs
+    (with TensorFlow installed, TensorBoard's import pulls in `rich`, which calls random.getrandbits)."""
+    set_rngs(state, saved["ranks"][state.rank]["rng"])

@@ -61,23 +61,46 @@ def barlow_twins_loss(
     return BarlowTwinsOutput(loss=loss, on_diag=on_diag, off_diag=off_diag, c=c.detach())
 
 
+class _GatherRows(torch.autograd.Function):
+    """All ranks' (n, D) rows concatenated in rank order; the backward sums the gradient over ranks.
+
+    Written with the public collectives because ``torch.distributed.nn.functional.all_gather`` (same
+    semantics) is deprecated and its suggested replacement is a private module. Backward: every rank's
+    loss depends on every row, so a rank's rows get the sum over ranks of the gradient each rank's loss
+    sends them: an all-reduce of the full gradient, then this rank's slice (gloo has no reduce-scatter).
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group=group)
+        ctx.n = z.shape[0]
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size(group=group))]
+        dist.all_gather(parts, z, group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None
+
+
 def _gather_batch(z: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Concatenate every rank's (n, D) rows in rank order, keeping the autograd graph."""
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(z.contiguous(), group=group), dim=0)
+    return _GatherRows.apply(z.contiguous(), group)
 
 
 class BarlowTwinsLoss(nn.Module):
     """Barlow Twins loss on the global batch, also under ``torch.distributed``.
 
     When a process group with more than one rank is initialised, each rank's (n, D) embeddings are
-    gathered (in float32, rank order) with the autograd-aware ``all_gather``, and every rank computes
+    gathered (in float32, rank order) with an autograd-aware all-gather (``_GatherRows``), and every rank computes
     the *same* global loss over all W*n rows. All ranks must pass the same local batch size
     (``drop_last=True``). Batch statistics are global; any BatchNorm inside the projector is not
     covered by this and needs SyncBatchNorm separately.
 
-    Gradient scaling under DDP: the backward of ``all_gather`` sums, over the W ranks, the gradient
+    Gradient scaling under DDP: the backward of the gather sums, over the W ranks, the gradient
     each rank's (identical) loss sends to a row. So a rank's local rows receive W x dL/dz_local,
     where L is the single-process loss on the concatenated batch; its parameter gradient is
     W x (the single-process gradient's contribution of its own rows). DDP then *averages* over

@@ -181,9 +181,11 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
     )
     if is_main:
         run_dir.write_run(run)
+    saved = None
     if args.resume and run_dir.last.exists():
         try:
-            engine.load_checkpoint_state(state, load_checkpoint(run_dir.last))
+            saved = load_checkpoint(run_dir.last)
+            engine.load_checkpoint_state(state, saved)
         except Exception as err:  # torch raises several types for truncated or corrupt files
             if lock is not None:
                 lock.release()
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
         else None
     )
     monitor = Monitor(run_dir.path, resume_step=state.step) if is_main else None
+    if saved is not None:  # set-up may have drawn from the RNGs: the first step must see the saved ones
+        engine.reset_rngs(state, saved)
+        del saved
     bar = tqdm(
         total=state.total_steps,
         initial=state.step,
