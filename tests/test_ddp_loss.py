@@ -25,7 +25,7 @@ from training.loss import BarlowTwinsLoss, barlow_twins_loss
 
 WORLD = 2
 GLOBAL_BATCH, IN_DIM, OUT_DIM = 8, 6, 5
-TIMEOUT_S = 60
+TIMEOUT_S = 180  # generous: two spawned ranks importing torch on a busy 2-core machine
 
 
 class TwoViews(nn.Module):
