@@ -504,7 +504,8 @@ def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
 
 @pytest.mark.heartools
 def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
-    """The real runners (through abt_eval.heareval_compat) on one tiny pair: about 20 s on 2 cores."""
+    """The real runners (through abt_eval.heareval_compat) on a tiny model and the log-mel reference,
+    side by side (--jobs 2): about 30 s on 2 cores."""
     pytest.importorskip(
         "heareval", reason="HEAR tools not installed (.venv/bin/python -m abt_eval.hear_tools install)"
     )
@@ -515,10 +516,17 @@ def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
     model = save_pretrained(tmp_path / "tiny", TINY, ABTEmbedder(TINY).encoder.state_dict())
     out = tmp_path / "out"
     argv = ["--tasks-dir", str(tmp_path / "tasks"), "--out", str(out), "--model", f"tiny={model}"]
-    assert hear_eval.main(argv + ["--grid", "faster"]) == 0, capsys.readouterr()
-    score = collect_scores(out, ["tiny"], ["speech-words"])["tiny"]["speech-words"]
-    assert score.metric == "top1_acc" and 0.0 <= score.value <= 1.0
-    assert "heareval_compat" in hear_eval.log_path(out, "tiny", "speech-words").read_text()
-    capsys.readouterr()
-    assert hear_eval.main(argv + ["--grid", "faster"]) == 0
-    assert "tiny / speech-words: cached" in capsys.readouterr().out
+    argv += ["--logmel-reference", "--grid", "faster"]
+    assert hear_eval.main(argv + ["--jobs", "2"]) == 0, capsys.readouterr()
+    logmel = hear_eval.ModelSpec(
+        hear_eval.LOGMEL_NAME, hear_eval.LOGMEL_SOURCE, module=hear_eval.LOGMEL_MODULE
+    )
+    scores = collect_scores(out, ["tiny", logmel], ["speech-words"])
+    for name in ("tiny", "logmel"):
+        score = scores[name]["speech-words"]
+        assert score.metric == "top1_acc" and 0.0 <= score.value <= 1.0
+        assert "heareval_compat" in hear_eval.log_path(out, name, "speech-words").read_text()
+    assert "2 (model, task) pairs, 2 at a time" in capsys.readouterr().out
+    assert hear_eval.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "tiny / speech-words: cached" in text and "logmel / speech-words: cached" in text
