@@ -659,23 +659,23 @@ def run_pairs(
             )
 
     if s.jobs <= 1:
-        results = []
+        in_order: list[PairResult] = []
         for spec, task in pairs:
             print(f"[{done + 1}/{total}] {spec.name} / {task} ...", flush=True)
-            results.append(one(spec, task))
-            report(results[-1])
-        return results
+            in_order.append(one(spec, task))
+            report(in_order[-1])
+        return in_order
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     # Threads suffice: each pair's work happens in heareval's own processes.
     with ThreadPoolExecutor(max_workers=s.jobs) as pool:
         futures = {pool.submit(one, spec, task): i for i, (spec, task) in enumerate(pairs)}
         print(f"{total} (model, task) pairs, {s.jobs} at a time ...", flush=True)
-        results: list[PairResult | None] = [None] * total
+        slots: list[PairResult | None] = [None] * total
         for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
-            report(results[futures[fut]])
-    return results
+            slots[futures[fut]] = res = fut.result()
+            report(res)
+    return [r for r in slots if r is not None]
 
 
 def check_manifest(out_dir: Path, grid: str, specs: Sequence[ModelSpec]) -> None:
