@@ -8,15 +8,31 @@
 #   4. heareval's embeddings + predictions runners on the small dev-suite tasks (one scene, one event),
 #      through abt_eval.hear_eval, which collects the scores into a table.
 # Usage: scripts/ci_hear_tools.sh   (after `python -m abt_eval.hear_tools install`)
-#   PYTHON   the venv's interpreter (default: .venv/bin/python of this checkout); hear-validator is taken
-#            from the same bin folder
+#   PYTHON        the venv's interpreter (default: .venv/bin/python of this checkout); hear-validator is
+#                 taken from the same bin folder
+#   HEAR_CI_WORK  a folder for its files (kept); by default a temporary one (~1 GB), removed after a
+#                 successful run unless HEAR_CI_KEEP=1 (kept after a failure, for its logs)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 VALIDATOR="$(dirname "$PYTHON")/hear-validator"
 [[ -x "$VALIDATOR" ]] || { echo "error: $VALIDATOR not found: run $PYTHON -m abt_eval.hear_tools install" >&2; exit 2; }
-WORK="${HEAR_CI_WORK:-$(mktemp -d)}"
+if [[ -n "${HEAR_CI_WORK:-}" ]]; then
+    WORK="$HEAR_CI_WORK"
+    mkdir -p "$WORK"
+    REMOVE_WORK=0
+else
+    WORK="$(mktemp -d)"
+    if [[ "${HEAR_CI_KEEP:-0}" == 1 ]]; then REMOVE_WORK=0; else REMOVE_WORK=1; fi
+fi
+HUB_PID=
+cleanup() {  # stop the Hub stand-in; a temporary work dir is ~1 GB: runs must not pile them up in /tmp
+    local rc=$?
+    [[ -n "$HUB_PID" ]] && kill "$HUB_PID" 2>/dev/null || true
+    if (( REMOVE_WORK && rc == 0 )); then rm -rf "$WORK"; else echo "work dir kept: $WORK"; fi
+}
+trap cleanup EXIT
 export TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_DISABLE_TELEMETRY=1 HF_HOME="$WORK/hf-home"
 echo "work dir: $WORK"
 
@@ -45,7 +61,6 @@ cp "$WORK/models/tiny/config.json" "$WORK/models/tiny/model.safetensors" "$WORK/
 cp "$WORK/models/vitc-b/config.json" "$WORK/models/vitc-b/model.safetensors" "$WORK/hub/hear-abt-ci/random-vitc-b/v1/"
 "$PYTHON" tests/hub_server.py "$WORK/hub" > "$WORK/hub.log" 2>&1 &
 HUB_PID=$!
-trap 'kill $HUB_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q HF_ENDPOINT= "$WORK/hub.log" && break; sleep 0.1; done
 export "$(grep -o 'HF_ENDPOINT=.*' "$WORK/hub.log")"
 echo "HF_ENDPOINT=$HF_ENDPOINT"
