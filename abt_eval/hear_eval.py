@@ -794,7 +794,7 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
     if not isinstance(options, dict):
         raise EvalError("--model-options must be a JSON object")
 
-    if not args.model and not getattr(args, "logmel_reference", False):
+    if not args.model and not args.logmel_reference:
         raise EvalError("nothing to evaluate: give --model NAME=SOURCE (repeatable) or --logmel-reference")
     specs: list[ModelSpec] = []
     baselines: dict[str, str] = {}
@@ -812,16 +812,15 @@ def _prepare(args) -> tuple[list[ModelSpec], dict[str, str], list[str], EvalSett
             folder = (args.out / "random-init" / spec.name).resolve()
             specs.append(ModelSpec(name, str(folder), baseline_of=spec.name))
             baselines[spec.name] = name
-    if getattr(args, "logmel_reference", False):
+    if args.logmel_reference:
         specs.append(ModelSpec(LOGMEL_NAME, LOGMEL_SOURCE, module=LOGMEL_MODULE))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EvalError(f"model names must be unique (a baseline is NAME{RANDOM_SUFFIX}): {dupes}")
-    jobs = getattr(args, "jobs", 1)
-    if jobs < 1:
-        raise EvalError(f"--jobs must be >= 1, got {jobs}")
-    settings = EvalSettings(args.tasks_dir, args.out, args.module, args.grid, options, jobs=jobs)
+    if args.jobs < 1:
+        raise EvalError(f"--jobs must be >= 1, got {args.jobs}")
+    settings = EvalSettings(args.tasks_dir, args.out, args.module, args.grid, options, jobs=args.jobs)
     return specs, baselines, tasks, settings
 
 

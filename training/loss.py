@@ -95,8 +95,8 @@ class BarlowTwinsLoss(nn.Module):
     """Barlow Twins loss on the global batch, also under ``torch.distributed``.
 
     When a process group with more than one rank is initialised, each rank's (n, D) embeddings are
-    gathered (in float32, rank order) with an autograd-aware all-gather (``_GatherRows``), and every rank computes
-    the *same* global loss over all W*n rows. All ranks must pass the same local batch size
+    gathered (in float32, rank order) with an autograd-aware all-gather (``_GatherRows``), and every
+    rank computes the *same* global loss over all W*n rows. All ranks must pass the same local batch size
     (``drop_last=True``). Batch statistics are global; any BatchNorm inside the projector is not
     covered by this and needs SyncBatchNorm separately.
 

@@ -26,11 +26,12 @@ ADAMW_DEFAULTS = {"lr_weights": 6.25e-5, "lr_biases": 6.25e-5, "weight_decay": 0
 # Adam (L2 weight decay added to the gradient) and SGD with momentum 0.9: the paper only sweeps them
 # (Appendix B: lr 1e-6..1e-2, wd 1e-3..1) and reports no chosen values, so they have no defaults.
 OPTIMIZERS = ("lars", "adamw", "adam", "sgd")
+WITHOUT_DEFAULTS = ("adam", "sgd")
 
 
 def check_optimizer_settings(name: str, lr_weights: float | None, weight_decay: float | None) -> None:
     """Refuse an optimiser without paper defaults (Adam, SGD) when its rate or decay is left unset."""
-    if name in ("adam", "sgd") and (lr_weights is None or weight_decay is None):
+    if name in WITHOUT_DEFAULTS and (lr_weights is None or weight_decay is None):
         raise ValueError(
             f"optimizer={name} has no paper defaults: set lr_weights=... and weight_decay=... "
             "(the paper sweeps lr 1e-6..1e-2, wd 1e-3..1)"
@@ -158,7 +159,7 @@ def build_optimizer(
         defaults = LARS_DEFAULTS
     elif name == "adamw":
         defaults = ADAMW_DEFAULTS
-    elif name in ("adam", "sgd"):
+    elif name in WITHOUT_DEFAULTS:
         check_optimizer_settings(name, lr_weights, weight_decay)
         defaults = {}
     else:
