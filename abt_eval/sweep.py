@@ -42,6 +42,7 @@ from training import engine
 from training.config import PRESETS, TrainConfig, build_config, parse_value
 from training.data import ShardDataset
 from training.linear_eval import HearTask, LinearEvalSettings, evaluate_encoder, task_names
+from training.loop import steps
 
 # The paper's spaces (Appendix B), all log scale.
 SPACE_PRESETS: dict[str, dict[str, Any]] = {
@@ -260,14 +261,12 @@ def pretrain_with_reports(
     )
     when = report_steps(state.total_steps, state.steps_per_epoch, unit, every)
     index = 0
-    while state.step < state.total_steps:
-        for crops in state.sampler:
-            result = engine.train_step(state, crops)
-            if state.step in when:
-                index += 1
-                on_report(index, state.step, score_fn(state.net.encoder, model_config, cfg), result.loss)
-            if state.step >= state.total_steps:
-                break
+    for result in steps(state):
+        if state.step in when:
+            engine.check_finite(state)  # a NaN run fails the trial here (a device sync at reports only)
+            index += 1
+            on_report(index, state.step, score_fn(state.net.encoder, model_config, cfg), result.loss)
+    engine.check_finite(state)
     return state, model_config
 
 

@@ -140,14 +140,16 @@ def test_resume_restores_the_streams_after_set_up_that_draws_from_them(corpus, t
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(Monitor, "__init__", drawing_init)
-    real_save = pretrain.save_checkpoint
+    from training import checkpoint
+
+    real_save = checkpoint.save_checkpoint
 
     def save_and_keep_step_4(path, state):
         real_save(path, state)
         if state["step"] == 4:
             shutil.copyfile(path, tmp_path / "step4.pt")
 
-    monkeypatch.setattr(pretrain, "save_checkpoint", save_and_keep_step_4)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_and_keep_step_4)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run(corpus, straight, "checkpoint_every=4", steps=8) == 0
     shutil.copytree(straight, resumed)
@@ -438,5 +440,121 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
     assert r0["sampler"]["rank"] == 0 and r1["sampler"]["rank"] == 1
     assert not torch.equal(r0["rng"]["torch"], r1["rng"]["torch"])  # dropout masks differ
     assert not torch.equal(r0["rng"]["augment"], r1["rng"]["augment"])
-    bank0, bank1 = r0["augment"]["mixup"]["bank"], r1["augment"]["mixup"]["bank"]
-    assert bank0.shape == bank1.shape and not torch.equal(bank0, bank1)  # each rank banks its own crops
+    # Each mixup bank is saved as the batch positions that filled it and rebuilt from the rank's own
+    # data: the same positions, different crops on each rank.
+    h0, h1 = r0["augment"]["mixup"]["history"], r1["augment"]["mixup"]["history"]
+    assert h0 and h0 == h1 and "bank" not in r0["augment"]["mixup"]
+    from training.data import CropSampler, ShardDataset
+
+    dataset = ShardDataset(corpus)
+    tag = h0[-1][0]
+    crops = [CropSampler(dataset, 8, rank=r, world_size=2).batch_at(*tag).frames for r in range(2)]
+    assert not torch.equal(*crops)
+
+
+def rows_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while rows_logged(run_dir) < n and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+
+
+def test_sigterm_stops_after_a_step_with_its_checkpoint_and_the_same_command_continues_bitwise(
+    corpus, tmp_path
+):
+    steps = 40
+    assert run(corpus, tmp_path / "straight", "checkpoint_every=1000", steps=steps) == 0
+    stopped = tmp_path / "stopped"
+    # One command line for the first start and the requeue, as in a scheduler's job script.
+    cmd = [sys.executable, "-m", "training.pretrain", "--data", str(corpus), "--run-dir", str(stopped)]
+    cmd += ["--no-progress", "--auto-resume", *TRAIN, f"steps={steps}", "checkpoint_every=1000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(stopped, 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    at = load_checkpoint(stopped / "checkpoints" / "last.pt")["step"]
+    assert 5 <= at < steps
+    assert f"stopped by SIGTERM after step {at} of {steps}" in err and "--auto-resume" in err
+    assert rows_logged(stopped) == at  # it stopped at the end of the step it checkpointed
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for part in ("encoder", "projector", "optimizer", "ranks"):
+        assert_same_tree(a[part], b[part], f"{part} (stopped at step {at})")
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """{rank: pid} of the torchrun workers whose command line contains ``marker``."""
+    ranks = {}
+    for pid in processes_running(marker):
+        try:
+            env = dict(
+                item.split(b"=", 1)
+                for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if b"=" in item
+            )
+        except OSError:
+            continue
+        if b"RANK" in env and b"LOCAL_RANK" in env:
+            ranks[int(env[b"RANK"])] = pid
+    return ranks
+
+
+def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command_continues_bitwise(
+    corpus, tmp_path
+):
+    steps = 24
+    straight = subprocess.run(
+        torchrun(corpus, tmp_path / "straight", "checkpoint_every=1000", steps=steps),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    cmd = torchrun(corpus, stopped, "checkpoint_every=1000", "--auto-resume", steps=steps)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+    wait_for_rows(stopped, 4, proc)
+    pids = rank_pids(str(stopped))
+    assert sorted(pids) == [0, 1], pids
+    # Only rank 1 hears it (a signal can reach ranks at different steps): both must stop at the same step.
+    os.kill(pids[1], signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "exitcode  : 75" in err, err[-3000:]  # torchrun reports each rank's 75
+    assert not processes_running(str(stopped)), "a rank outlived the stop"
+    saved = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    at = saved["step"]
+    assert 4 <= at < steps and f"stopped by SIGTERM after step {at} of {steps}" in err
+    assert [r["sampler"]["batch"] + r["sampler"]["epoch"] * 3 for r in saved["ranks"]] == [at % 1000] * 2
+
+    again = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for part in ("encoder", "projector", "optimizer", "scaler", "ranks"):
+        assert_same_tree(a[part], b[part], f"{part} (stopped at step {at})")
+
+    # A checkpoint grows by a small per-rank record with the world, not by each rank's mixup bank
+    # (cpu-tiny's is 256 x 64 x 96 float32 = 6.3 MB per rank).
+    one = tmp_path / "one"
+    assert run(corpus, one, "checkpoint_every=1000", steps=steps) == 0
+    grown = (tmp_path / "straight" / "checkpoints" / "last.pt").stat().st_size - (
+        one / "checkpoints" / "last.pt"
+    ).stat().st_size
+    assert 0 < grown < 64_000, grown

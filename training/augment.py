@@ -7,7 +7,9 @@ from the ``torch.Generator`` passed to each call. Sources and choices: ``docs/au
 
 from __future__ import annotations
 
+import collections
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,14 +53,17 @@ class MixupBank:
         self._bank: Tensor | None = None
         self._ptr = 0
         self._count = 0
+        # (tag, rows) of the pushes whose rows may still be in the bank, oldest first: with tags
+        # naming where the inputs came from, the state is these few records, not the bank's data.
+        self._history: collections.deque[tuple[Any, int]] = collections.deque()
 
     def __len__(self) -> int:
         return self._count
 
-    def __call__(self, x: Tensor, gen: torch.Generator, update: bool = True) -> Tensor:
+    def __call__(self, x: Tensor, gen: torch.Generator, update: bool = True, tag: Any = None) -> Tensor:
         y = self.mix(x, gen)
         if update:
-            self.push(x)
+            self.push(x, tag)
         return y
 
     def mix(self, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -73,8 +78,12 @@ class MixupBank:
         lam = _uniform(b, 0.0, self.ratio, gen, x.device).to(x.dtype).view(b, 1, 1, 1)
         return torch.logaddexp(torch.log1p(-lam) + x, torch.log(lam) + partner)
 
-    def push(self, x: Tensor) -> None:
-        """Append a batch of inputs, dropping the oldest beyond ``size``."""
+    def push(self, x: Tensor, tag: Any = None) -> None:
+        """Append a batch of inputs, dropping the oldest beyond ``size``.
+
+        ``tag`` (a list of ints, e.g. the batch's epoch and index) names the batch, so that
+        :meth:`state_dict` can record the tags instead of the data and a resume rebuilds the bank.
+        """
         _check_batch(x)
         x = x.detach()
         if self._bank is None:
@@ -88,6 +97,10 @@ class MixupBank:
         self._bank[slots] = x.to(self._bank.dtype)
         self._ptr = (self._ptr + n) % self.size
         self._count = min(self._count + n, self.size)
+        self._history.append((tag, n))
+        # Forget pushes that later ones have overwritten completely.
+        while sum(rows for _, rows in self._history) - self._history[0][1] >= self.size:
+            self._history.popleft()
 
     def _check_shape(self, x: Tensor) -> None:
         assert self._bank is not None
@@ -95,21 +108,43 @@ class MixupBank:
             raise ValueError(f"bank holds {tuple(self._bank.shape[1:])} samples, got {tuple(x.shape[1:])}")
 
     def state_dict(self) -> dict[str, Any]:
-        """The bank's raw ring-buffer layout (on CPU), so a resumed run draws the same partners."""
-        bank = None if self._bank is None else self._bank[: self._count].cpu().clone()
-        return {"size": self.size, "bank": bank, "ptr": self._ptr, "count": self._count}
+        """The ring buffer's position and the tags of the pushes it holds, so that a resumed run
+        rebuilds the same bank and draws the same partners. Without tags (pushes made without one),
+        the bank's data itself, on the CPU."""
+        state: dict[str, Any] = {"size": self.size, "ptr": self._ptr, "count": self._count}
+        if all(tag is not None for tag, _ in self._history):
+            state["history"] = [[list(tag), rows] for tag, rows in self._history]
+        else:
+            state["bank"] = None if self._bank is None else self._bank[: self._count].cpu().clone()
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], inputs_for: Callable[[list[int]], Tensor] | None = None
+    ) -> None:
+        """Restore :meth:`state_dict`; a tag-recorded bank is rebuilt by pushing ``inputs_for(tag)`` again."""
         if state["size"] != self.size:
             raise ValueError(f"bank size mismatch: saved {state['size']}, configured {self.size}")
-        bank = state["bank"]
-        self._ptr, self._count = int(state["ptr"]), int(state["count"])
-        if bank is None:
-            self._bank = None
+        ptr, count = int(state["ptr"]), int(state["count"])
+        self._bank, self._history = None, collections.deque()
+        if "history" in state:
+            if state["history"] and inputs_for is None:
+                raise ValueError("this mixup bank state lists batches: pass inputs_for to rebuild them")
+            # Replaying the recorded pushes from where the first one started writes every slot as before.
+            self._ptr = (ptr - sum(rows for _, rows in state["history"])) % self.size
+            for tag, rows in state["history"]:
+                x = inputs_for(tag)
+                if min(x.shape[0], self.size) != rows:
+                    raise ValueError(f"batch {tag} rebuilt with {x.shape[0]} rows; the bank recorded {rows}")
+                self.push(x, tag)
+            assert self._ptr == ptr, "mixup bank replay did not end where the saved bank did"
+            self._count = count
             return
-        # Moved to the data's device on first use.
-        self._bank = torch.zeros((self.size, *bank.shape[1:]), dtype=bank.dtype)
-        self._bank[: self._count] = bank
+        bank = state["bank"]  # version-2 checkpoints: the data itself
+        self._ptr, self._count = ptr, count
+        if bank is not None:
+            # Moved to the data's device on first use.
+            self._bank = torch.zeros((self.size, *bank.shape[1:]), dtype=bank.dtype)
+            self._bank[: self._count] = bank
 
 
 class RandomResizeCrop:
@@ -331,12 +366,13 @@ class ViewAugmenter:
         return self.norm(x) if self.norm is not None else x
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, gen: torch.Generator, tag: Any = None) -> tuple[Tensor, Tensor]:
+        """``tag`` names the batch (see :meth:`MixupBank.push`): with it a checkpoint stays small."""
         if self.norm is not None:
             x = self.norm(x)
         v1, v2 = self._view(x, gen), self._view(x, gen)
         if self.mixup is not None:
-            self.mixup.push(x)
+            self.mixup.push(x, tag)
         return v1, v2
 
     def keep_indices(
@@ -353,6 +389,16 @@ class ViewAugmenter:
     def state_dict(self) -> dict[str, Any]:
         return {"mixup": self.mixup.state_dict() if self.mixup is not None else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], inputs_for: Callable[[list[int]], Tensor] | None = None
+    ) -> None:
+        """``inputs_for(tag)``: the batch that was passed with ``tag``, to rebuild the mixup bank."""
         if self.mixup is not None and state.get("mixup") is not None:
-            self.mixup.load_state_dict(state["mixup"])
+            prepared = None
+            if inputs_for is not None:
+
+                def prepared(tag: list[int]) -> Tensor:  # the bank holds inputs after pre-normalisation
+                    x = inputs_for(tag)
+                    return self.norm(x) if self.norm is not None else x
+
+            self.mixup.load_state_dict(state["mixup"], prepared)

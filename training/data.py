@@ -1,18 +1,20 @@
 """Memory-mapped log-mel shards (from ``training.prepare``) and a fast, resumable random-crop sampler.
 
-:class:`CropSampler` yields RAW log-mel crops, float32 ``(B, 1, n_mels, crop_frames)``, padded with
-the log-mel of digital silence where a clip is short; the order is a pure function of
-(seed, epoch, batch, rank). Details and the reasons for them: ``docs/data.md``.
+:class:`CropSampler` yields :class:`RawCrops`: the stored float16 frames of random crops (in pinned
+memory for a GPU), which :meth:`RawCrops.to_input` turns on the training device into raw log-mel
+float32 ``(B, 1, n_mels, crop_frames)``, padded with the log-mel of digital silence where a clip is
+short; the order is a pure function of (seed, epoch, batch, rank). Details and the reasons for them: ``docs/data.md``.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import math
 import os
-import queue
-import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -192,10 +194,15 @@ class ShardDataset:
         start = self.clip_offset[i]
         return self.shards[self.clip_shard[i]][start : start + self.clip_length[i]].T
 
-    def gather_crops(self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int) -> np.ndarray:
-        """float32 (B, n_mels, crop_frames): frames [start, start + crop_frames) of each clip.
+    def gather_rows(
+        self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [start, start + crop_frames) of each clip as stored: float16 ``(B, crop_frames, n_mels)``,
+        and ``inside``, bool ``(B, crop_frames)``: which frames lie inside their clip.
 
-        ``start`` may be negative or run past the clip's end; frames outside the clip are silence.
+        ``start`` may be negative or run past the clip's end; frames outside the clip repeat its edge
+        frame here and become silence in :meth:`RawCrops.to_input`. No cast or transpose on the CPU:
+        those run on the training device. ``out`` may be a preallocated (pinned) array to fill.
         """
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
         starts = np.asarray(starts, dtype=np.int64)
@@ -203,24 +210,64 @@ class ShardDataset:
         rel = starts[:, None] + np.arange(crop_frames)  # (B, T) frame within its clip
         inside = (rel >= 0) & (rel < lengths[:, None])
         rows = self.clip_offset[clip_ids, None] + np.clip(rel, 0, lengths[:, None] - 1)
-        out = np.empty((len(clip_ids), self.frontend.n_mels, crop_frames), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(clip_ids), crop_frames, self.frontend.n_mels), dtype=self.dtype)
         shard_ids = self.clip_shard[clip_ids]
         # One fancy-index gather per shard present in the batch: no per-clip Python loop.
         for shard_id in np.unique(shard_ids):
             sel = np.flatnonzero(shard_ids == shard_id)
-            out[sel] = self.shards[shard_id][rows[sel]].transpose(0, 2, 1)
-        if not inside.all():
-            out.transpose(0, 2, 1)[~inside] = self.frontend.silence_value
-        return out
+            out[sel] = self.shards[shard_id][rows[sel]]
+        return out, inside
+
+    def gather_crops(self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int) -> np.ndarray:
+        """float32 (B, n_mels, crop_frames): :meth:`gather_rows` made model input on the CPU (no normalisation)."""
+        rows, inside = self.gather_rows(clip_ids, starts, crop_frames)
+        raw = RawCrops(torch.from_numpy(rows), torch.from_numpy(inside), self.frontend.silence_value)
+        return raw.to_input(torch.device("cpu"))[:, 0].numpy()
+
+
+@dataclass
+class RawCrops:
+    """A batch as the reader hands it over: stored float16 frames, in pinned memory for a GPU.
+
+    :meth:`to_input` copies it to the training device and there casts, transposes, fills the frames
+    outside each clip with silence and (optionally) normalises: the work that would otherwise take
+    the reader's CPU time. ``epoch``/``batch`` say which batch of the sampler it is.
+    """
+
+    frames: torch.Tensor  # float16 (B, T, n_mels)
+    inside: torch.Tensor  # bool (B, T)
+    silence: float
+    epoch: int = -1
+    batch: int = -1
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def to_input(self, device: torch.device, norm: NormStats | None = None) -> torch.Tensor:
+        """float32 (B, 1, n_mels, T) log-mel on ``device``, normalised by ``norm`` when given."""
+        frames = self.frames.to(device, non_blocking=True)
+        inside = self.inside.to(device, non_blocking=True)
+        x = frames.float().transpose(1, 2).masked_fill(~inside[:, None, :], self.silence).unsqueeze(1)
+        return norm.apply(x) if norm is not None else x
+
+
+def default_reader_threads() -> int:
+    """Reader threads: the batches are gathered in parallel (numpy releases the GIL while copying)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus - 1))
 
 
 class CropSampler:
     """Endless-by-epoch batches of random ``crop_frames``-frame crops, reproducible and resumable.
 
-    ``for x in sampler`` yields the rest of the current epoch (``len(sampler)`` batches from its
-    start) and leaves the sampler at the next epoch, so ``for epoch ...: for x in sampler`` and
-    ``while step < n: for x in sampler`` both work. With ``prefetch > 0`` a background thread builds
-    that many batches ahead; the state always reflects the batches already handed out.
+    ``for crops in sampler`` yields :class:`RawCrops` for the rest of the current epoch (``len(sampler)``
+    batches from its start) and leaves the sampler at the next epoch, so ``for epoch ...: for x in
+    sampler`` and ``while step < n: for x in sampler`` both work. With ``prefetch > 0``, ``threads``
+    threads build up to ``prefetch`` batches ahead, handed out in order; every batch is a pure
+    function of (seed, epoch, batch, rank), so the thread count never changes what is yielded, and
+    the state always reflects the batches already handed out. ``pin_memory`` (for a CUDA device)
+    builds each batch in page-locked memory, so that its copy to the GPU is asynchronous.
     """
 
     def __init__(
@@ -232,13 +279,16 @@ class CropSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
-        normalize: bool = False,
-        prefetch: int = 2,
+        prefetch: int = 4,
+        threads: int = 1,
+        pin_memory: bool = False,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if batch_size < 1 or crop_frames < 1:
             raise ValueError(f"batch_size and crop_frames must be >= 1, got {batch_size}, {crop_frames}")
+        if threads < 1:
+            raise ValueError(f"reader threads must be >= 1, got {threads}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.crop_frames = crop_frames
@@ -246,8 +296,10 @@ class CropSampler:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
-        self.normalize = normalize
         self.prefetch = prefetch
+        self.threads = threads
+        self.pin_memory = pin_memory
+        self._torch_dtype = torch.from_numpy(np.empty(0, dtype=dataset.dtype)).dtype
         self.clips_per_rank = len(dataset) // world_size
         if drop_last:
             self.batches_per_epoch = self.clips_per_rank // batch_size
@@ -270,20 +322,31 @@ class CropSampler:
         if cached_epoch != epoch:
             perm = np.random.Generator(np.random.PCG64(self.seed + epoch)).permutation(len(self.dataset))
             order = perm[self.rank :: self.world_size][: self.clips_per_rank]
-            self._order_cache = (epoch, order)
+            self._order_cache = (epoch, order)  # one tuple: safe to replace from any reader thread
         return order
 
-    def batch_at(self, epoch: int, batch: int) -> torch.Tensor:
-        """Batch ``batch`` of ``epoch`` as float32 (B, 1, n_mels, crop_frames); a pure function."""
+    def batch_at(self, epoch: int, batch: int) -> RawCrops:
+        """Batch ``batch`` of ``epoch``; a pure function of (seed, epoch, batch, rank)."""
         clip_ids = self.epoch_indices(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size]
         rng = np.random.Generator(np.random.PCG64([self.seed, epoch, batch, self.rank]))
         excess = self.dataset.clip_length[clip_ids] - self.crop_frames
         # Long clips: a window inside the clip. Short clips: the clip at a random place in a
         # window of silence (the window may start before the clip), so padding is not always right.
         starts = rng.integers(np.minimum(excess, 0), np.maximum(excess, 0) + 1)
-        crops = self.dataset.gather_crops(clip_ids, starts, self.crop_frames)
-        x = torch.from_numpy(crops).unsqueeze(1)
-        return self.dataset.norm.apply(x) if self.normalize else x
+        frames = torch.empty(
+            (len(clip_ids), self.crop_frames, self.dataset.frontend.n_mels),
+            dtype=self._torch_dtype,
+            pin_memory=self.pin_memory,
+        )
+        _, inside = self.dataset.gather_rows(clip_ids, starts, self.crop_frames, out=frames.numpy())
+        inside = torch.from_numpy(inside)
+        return RawCrops(
+            frames,
+            inside.pin_memory() if self.pin_memory else inside,
+            self.dataset.frontend.silence_value,
+            epoch,
+            batch,
+        )
 
     def _advance(self, epoch: int, batch: int) -> None:
         """Record that ``batch`` of ``epoch`` has been handed out."""
@@ -292,7 +355,7 @@ class CropSampler:
         else:
             self.epoch, self.batch = epoch, batch + 1
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[RawCrops]:
         epoch, first = self.epoch, self.batch
         if self.prefetch <= 0:
             for b in range(first, self.batches_per_epoch):
@@ -302,40 +365,22 @@ class CropSampler:
             return
         yield from self._prefetched(epoch, first)
 
-    def _prefetched(self, epoch: int, first: int) -> Iterator[torch.Tensor]:
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: tuple[int, Any]) -> bool:
-            """Queue ``item`` unless the consumer has gone; False once it has."""
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for b in range(first, self.batches_per_epoch):
-                    if not put((b, self.batch_at(epoch, b))):
-                        return
-            except BaseException as err:  # hand the error to the consumer instead of losing it
-                put((-1, err))
-
-        worker = threading.Thread(target=produce, name="CropSampler-prefetch", daemon=True)
-        worker.start()
+    def _prefetched(self, epoch: int, first: int) -> Iterator[RawCrops]:
+        ahead = max(self.prefetch, self.threads)
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        submitted = first
+        pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="CropSampler")
         try:
-            for _ in range(first, self.batches_per_epoch):
-                b, crops = ready.get()
-                if b < 0:
-                    raise crops
+            for b in range(first, self.batches_per_epoch):
+                while submitted < self.batches_per_epoch and len(pending) < ahead:
+                    pending.append(pool.submit(self.batch_at, epoch, submitted))
+                    submitted += 1
+                crops = pending.popleft().result()  # a reader's error is raised here, in order
                 self._advance(epoch, b)
                 yield crops
         finally:
-            stop.set()
-            worker.join()
+            # Consumer gone (break, error, end): drop queued batches, wait for those being built.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch."""
@@ -364,4 +409,4 @@ class CropSampler:
             raise ValueError(f"batch {self.batch} outside epoch of {self.batches_per_epoch} batches")
 
 
-__all__ = ["CropSampler", "ShardDataError", "ShardDataset"]
+__all__ = ["CropSampler", "RawCrops", "ShardDataError", "ShardDataset", "default_reader_threads"]

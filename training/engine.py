@@ -2,27 +2,31 @@
 
 ``build`` makes a :class:`TrainState` (model, optimiser, scaler, sampler, augmenter and this rank's
 random streams) from a config and a dataset; ``train_step`` advances it by one step on a batch of
-crops; ``checkpoint_state`` / ``load_checkpoint_state`` save and restore it exactly, each rank's own
-streams (data position, augmentation generator, mixup bank, torch RNG) as its own.
+crops without waiting for the device (a non-finite loss is recorded on the device and raised by
+:func:`check_finite`, which the loop calls at its logging and checkpoint steps); ``rank_state``,
+``checkpoint_state`` and ``load_checkpoint_state`` save and restore it exactly, each rank's own
+streams (data position, augmentation generator, mixup bank, torch RNG) as its own. The mixup bank is
+saved as the positions of the batches that filled it and rebuilt from the data on resume, so a
+checkpoint grows by a few kB per rank, not by each rank's bank.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from hear_abt.config import FrontendConfig, NormStats
 
 from .augment import ViewAugmenter
 from .config import TrainConfig
-from .data import CropSampler, ShardDataset
+from .data import CropSampler, RawCrops, ShardDataset, default_reader_threads
 from .loss import BarlowTwinsLoss, BarlowTwinsOutput
 from .model import BarlowTwinsModel
 from .monitor import embedding_std
@@ -30,6 +34,9 @@ from .optim import build_optimizer, lr_factor, set_lr
 
 # Independent random streams of a rank, derived from (seed, rank, stream) so that ranks differ.
 _STREAMS = {"torch": 0, "augment": 1, "python": 2}
+# Below this many samples per rank, BatchNorm statistics, the loss's gathers and the gradient all-reduce
+# cost more than the rank's own compute: more GPUs stop helping (the paper's 128 over 8 GPUs is 16).
+SMALL_RANK_BATCH = 64
 
 
 class NonFiniteLoss(RuntimeError):
@@ -109,6 +116,10 @@ class TrainState:
     world_size: int = 1
     step: int = 0
     best_probe: float = float("-inf")
+    # Step of the first non-finite loss, -1 while every loss is finite; a device tensor, read only
+    # by check_finite, so that a step never waits for the device.
+    first_bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
+    first_bad_loss: torch.Tensor = field(default_factory=lambda: torch.tensor(0.0))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -126,15 +137,28 @@ def build(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    prefetch: int = 2,
+    prefetch: int = 4,
+    reader_threads: int | None = None,
 ) -> TrainState:
-    """Everything a run needs, on ``device``; under torchrun call it on every rank."""
+    """Everything a run needs, on ``device``; under torchrun call it on every rank.
+
+    ``reader_threads`` (default :func:`training.data.default_reader_threads`) gather batches in
+    parallel, ``prefetch`` batches ahead; neither changes what a step sees.
+    """
     if cfg.batch_size % world_size:
         raise TrainingSetupError(
             f"batch_size {cfg.batch_size} is not divisible by the world size {world_size}; "
             f"use a multiple of {world_size}"
         )
     local_batch = cfg.batch_size // world_size
+    if world_size > 1 and local_batch < SMALL_RANK_BATCH and rank == 0:
+        warnings.warn(
+            f"batch_size {cfg.batch_size} over {world_size} ranks is {local_batch} samples per rank: "
+            "BatchNorm statistics, the loss's gathers and the gradient all-reduce then cost more than "
+            "each rank's compute. Use fewer GPUs, or a larger batch such as the audioset-audiontt-1024 "
+            "preset (docs/pretraining.md).",
+            stacklevel=2,
+        )
     if len(dataset) // world_size < local_batch:
         most = len(dataset) // world_size * world_size
         raise TrainingSetupError(
@@ -150,13 +174,23 @@ def build(
         rank=rank,
         world_size=world_size,
         prefetch=prefetch,
+        threads=reader_threads or default_reader_threads(),
+        pin_memory=device.type == "cuda",
     )
     total_steps = run_length(cfg, len(sampler))
     amp_dtype, use_scaler = autocast_settings(cfg.precision, device)
+    if device.type == "cuda":
+        # TF32 matmuls and convolutions (fp32 parts of the step; bf16 autocast does the rest), and
+        # cuDNN's fastest algorithms for the fixed crop shape.
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's at construction).
     torch.manual_seed(cfg.seed)
     net = BarlowTwinsModel(cfg, dataset.frontend).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     encoder = net.encoder
     if encoder.input_frames is not None and cfg.crop_frames != encoder.input_frames:
         raise TrainingSetupError(
@@ -174,6 +208,8 @@ def build(
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        model = torch.compile(model)
     optimizer = build_optimizer(
         cfg.optimizer, net, cfg.lr_weights, cfg.lr_biases, cfg.weight_decay, batch_size=cfg.batch_size
     )
@@ -200,16 +236,24 @@ def build(
         warmup_steps=round(cfg.warmup_fraction * total_steps),
         rank=rank,
         world_size=world_size,
+        first_bad_step=torch.tensor(-1, device=device),
+        first_bad_loss=torch.tensor(0.0, device=device),
     )
 
 
-def forward_loss(state: TrainState, crops: torch.Tensor) -> tuple[BarlowTwinsOutput, torch.Tensor]:
+def model_input(state: TrainState, crops: RawCrops) -> torch.Tensor:
+    """A reader batch as the augmenter takes it: on the device, float32, dataset-normalised.
+
+    PPN normalises by batch statistics inside the augmenter instead of the dataset's.
+    """
+    x = crops.to_input(state.device, None if state.cfg.augment.ppn else state.norm)
+    return x.contiguous(memory_format=torch.channels_last) if state.cfg.channels_last else x
+
+
+def forward_loss(state: TrainState, crops: RawCrops) -> tuple[BarlowTwinsOutput, torch.Tensor]:
     """Crops -> dataset normalisation -> two views -> encoder + projector -> loss (no update)."""
-    cfg = state.cfg
-    x = crops.to(state.device, non_blocking=True)
-    if not cfg.augment.ppn:  # PPN normalises by batch statistics inside the augmenter instead
-        x = state.norm.apply(x)
-    v1, v2 = state.augmenter(x, state.aug_gen)
+    x = model_input(state, crops)
+    v1, v2 = state.augmenter(x, state.aug_gen, tag=(crops.epoch, crops.batch))
     encoder = state.net.encoder
     keep = (
         state.augmenter.keep_indices(
@@ -228,20 +272,32 @@ def forward_loss(state: TrainState, crops: torch.Tensor) -> tuple[BarlowTwinsOut
     return state.loss_fn(z1, z2), z1  # the loss is computed in float32 inside
 
 
-def train_step(state: TrainState, crops: torch.Tensor) -> StepResult:
-    """One optimisation step on a batch of raw log-mel crops (B, 1, n_mels, crop_frames)."""
+def train_step(state: TrainState, crops: RawCrops) -> StepResult:
+    """One optimisation step on a reader batch; it never waits for the device.
+
+    A non-finite loss is not checked here (that would stall the host every step): its step is
+    recorded on the device, and :func:`check_finite` raises it. Call that before anything is kept.
+    """
     set_lr(
         state.optimizer, lr_factor(state.step, state.total_steps, state.warmup_steps, state.cfg.lr_end_factor)
     )
     out, z1 = forward_loss(state, crops)
-    if not torch.isfinite(out.loss):
-        raise NonFiniteLoss(f"loss is {out.loss.item()} at step {state.step}")
+    bad = ~torch.isfinite(out.loss.detach()) & (state.first_bad_step < 0)
+    state.first_bad_step = torch.where(bad, state.step, state.first_bad_step)
+    state.first_bad_loss = torch.where(bad, out.loss.detach().float(), state.first_bad_loss)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(out.loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.step += 1
     return StepResult(out=out, z1=z1.detach())
+
+
+def check_finite(state: TrainState) -> None:
+    """Raise :class:`NonFiniteLoss` if any step so far had a NaN/Inf loss (reads one device scalar)."""
+    bad = int(state.first_bad_step)
+    if bad >= 0:
+        raise NonFiniteLoss(f"loss is {float(state.first_bad_loss)} at step {bad}")
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -270,7 +326,10 @@ def load_rank_state(state: TrainState, saved: dict[str, Any]) -> None:
     if saved["rank"] != state.rank:
         raise ValueError(f"rank {state.rank} was handed the state of rank {saved['rank']}")
     state.sampler.load_state_dict(saved["sampler"])
-    state.augmenter.load_state_dict(saved["augment"])
+    # The mixup bank is rebuilt from the batches it recorded (pure functions of their position).
+    state.augmenter.load_state_dict(
+        saved["augment"], lambda tag: model_input(state, state.sampler.batch_at(*tag))
+    )
     set_rngs(state, saved["rng"])
 
 
@@ -284,32 +343,39 @@ def set_rngs(state: TrainState, rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"], state.device)
 
 
-def checkpoint_state(state: TrainState, model_config: dict[str, Any]) -> dict[str, Any] | None:
-    """The full state of the run on rank 0 (every rank's streams gathered into ``ranks``); None elsewhere.
+def _cpu_copy(tree: Any) -> Any:
+    """``tree`` with every tensor copied to the CPU: a snapshot that later steps cannot change."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _cpu_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu_copy(v) for v in tree)
+    return tree
 
-    Call it on every rank (it is a collective under torchrun).
+
+def checkpoint_state(
+    state: TrainState, model_config: dict[str, Any], ranks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The full state of the run, as CPU copies (safe to write while training goes on).
+
+    ``ranks``: every rank's :func:`rank_state`, in rank order (gathered by the caller).
     """
-    local = rank_state(state)
-    if state.world_size > 1:
-        gathered: list[Any] | None = [None] * state.world_size if state.rank == 0 else None
-        dist.gather_object(local, gathered, dst=0)
-    else:
-        gathered = [local]
-    if state.rank != 0:
-        return None
-    return {
-        "model_config": model_config,
-        "train_config": state.cfg.to_dict(),
-        "encoder": state.net.encoder.state_dict(),
-        "projector": state.net.projector.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "step": state.step,
-        "total_steps": state.total_steps,
-        "best_probe": state.best_probe,
-        "world_size": state.world_size,
-        "ranks": gathered,
-    }
+    return _cpu_copy(
+        {
+            "model_config": model_config,
+            "train_config": state.cfg.to_dict(),
+            "encoder": state.net.encoder.state_dict(),
+            "projector": state.net.projector.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "step": state.step,
+            "total_steps": state.total_steps,
+            "best_probe": state.best_probe,
+            "world_size": state.world_size,
+            "ranks": ranks,
+        }
+    )
 
 
 def load_checkpoint_state(state: TrainState, saved: dict[str, Any]) -> None:

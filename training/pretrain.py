@@ -2,7 +2,11 @@
 
     python -m training.pretrain --preset NAME --data DIR --run-dir DIR [key=value ...]
     python -m training.pretrain --run-dir DIR --resume
+    python -m training.pretrain --preset NAME --data DIR --run-dir DIR --auto-resume   # a requeued job
     torchrun --nproc_per_node=N -m training.pretrain ...
+
+SIGTERM, SIGUSR1 (SLURM's --signal) and Ctrl-C stop the run at the end of the current step, on every
+rank at the same step, after writing its checkpoint; the exit status is then 75.
 
 Each step: crops -> dataset normalisation -> two augmented views -> encoder + projector -> Barlow
 Twins loss on the global batch -> LARS/AdamW step (training.engine); docs/pretraining.md has more.
@@ -11,23 +15,22 @@ Twins loss on the global batch -> LARS/AdamW step (training.engine); docs/pretra
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from hear_abt.config import ModelConfig
-from hear_abt.devices import parse_device
 
-from . import engine
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed, engine
+from .checkpoint import CheckpointWriter, load_checkpoint
 from .config import DEFAULT_PRESET, PRESETS, TrainConfig, build_config
-from .data import ShardDataset
+from .data import ShardDataset, default_reader_threads
+from .loop import EXIT_STOPPED, Cadence, StopSignals, steps
 from .monitor import Monitor
 from .probe import LinearProbe
 from .run_dir import RunDir, RunDirError
@@ -71,39 +74,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data", help="folder written by `python -m training.prepare` (not needed with --resume)"
     )
     parser.add_argument("--run-dir", required=True, help="folder for checkpoints, logs and images")
-    parser.add_argument(
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --run-dir from its last checkpoint (its settings may be repeated, not changed)",
     )
+    resume.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="start the run if --run-dir holds none, else continue it as --resume does: one command line "
+        "for a job that a scheduler may stop and requeue",
+    )
     parser.add_argument(
         "--device",
         default=None,
-        help="cpu, cuda or cuda:N (default: cuda if available; LOCAL_RANK under torchrun)",
+        help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or, without torchrun, cuda:N (default: cuda if available)",
+    )
+    parser.add_argument(
+        "--reader-threads",
+        type=int,
+        default=None,
+        help=f"threads gathering batches (default here: {default_reader_threads()}); never changes the batches",
+    )
+    parser.add_argument(
+        "--dist-timeout-minutes",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT_MINUTES,
+        help="how long ranks wait for each other in a collective before the job fails (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="do not lock --run-dir (a filesystem without flock, with a scheduler that runs one job per run dir)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override (see below)")
     return parser.parse_intermixed_args(argv)  # key=value settings may sit between options
-
-
-def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """Rank, world size and device; initialises the process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device_arg:
-        try:
-            device = parse_device(device_arg)
-        except ValueError as err:
-            raise SystemExit(f"error: --device {err}") from None
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
 
 
 def requested_settings(preset: str, overrides: list[str]) -> dict[str, Any]:
@@ -113,9 +120,10 @@ def requested_settings(preset: str, overrides: list[str]) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def resolve_run(args: argparse.Namespace, run_dir: RunDir) -> dict[str, Any]:
+def resolve_run(args: argparse.Namespace, run_dir: RunDir, resuming: bool) -> dict[str, Any]:
     """Settings of a new run, or of the run being resumed (checked against any repeated settings)."""
-    if args.resume:
+    flag = "--resume" if args.resume else "--auto-resume"
+    if resuming:
         run = run_dir.read_run()
         if args.preset is not None or args.overrides:
             asked = _flat(requested_settings(args.preset or run["preset"], args.overrides))
@@ -126,15 +134,16 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir) -> dict[str, Any]:
             ]
             if diff:
                 raise SystemExit(
-                    "--resume continues the run with its own settings; these differ from "
+                    f"{flag} continues the run with its own settings; these differ from "
                     f"{run_dir.run_file}: {'; '.join(diff)}. Start a new --run-dir to change them."
                 )
         if args.data and str(Path(args.data).resolve()) != run["data"]:
-            raise SystemExit(f"--resume: the run trains on {run['data']}, not {Path(args.data).resolve()}")
+            raise SystemExit(f"{flag}: the run trains on {run['data']}, not {Path(args.data).resolve()}")
         return run
     if run_dir.last.exists():
         raise SystemExit(
-            f"{run_dir.path} already holds a run: pass --resume to continue it, or choose another --run-dir"
+            f"{run_dir.path} already holds a run: pass --resume (or --auto-resume) to continue it, or "
+            "choose another --run-dir"
         )
     if not args.data:
         raise SystemExit(
@@ -149,18 +158,34 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
-    """Run (or resume) a pre-training run; ``hint_next=False`` omits the closing "export next" hint."""
+    """Run (or resume) a pre-training run; ``hint_next=False`` omits the closing "export next" hint.
+
+    Returns 0 when the run is complete, :data:`training.loop.EXIT_STOPPED` when a signal stopped it
+    after a checkpoint (the same command with --auto-resume or --resume continues it), 3 on a
+    non-finite loss.
+    """
     args = parse_args(argv)
     run_dir = RunDir(Path(args.run_dir).resolve())
-    rank, world_size, device = setup_distributed(args.device)
-    is_main = rank == 0
+    try:
+        procs = distributed.setup(args.device, args.dist_timeout_minutes)
+    except distributed.LaunchError as err:
+        raise SystemExit(f"error: {err}") from None
     lock = None
     try:
-        lock = run_dir.lock().acquire() if is_main else None
-        run = resolve_run(args, run_dir)
+        lock = run_dir.lock().acquire() if procs.is_main and not args.no_lock else None
+        distributed.check_shared_folders(
+            procs, run_dir.path, Path(args.data).resolve() if args.data else None
+        )
+        # Rank 0 decides whether the run exists: the others could see its run.json appear meanwhile.
+        resuming = distributed.broadcast(
+            procs, args.resume or (args.auto_resume and run_dir.run_file.exists())
+        )
+        run = resolve_run(args, run_dir, resuming)
         cfg = TrainConfig.from_dict(run["train"]).validate()
         dataset = ShardDataset(run["data"])
-        state = engine.build(cfg, dataset, device, rank, world_size)
+        state = engine.build(
+            cfg, dataset, procs.device, procs.rank, procs.world_size, reader_threads=args.reader_threads
+        )
     except BaseException as err:
         if lock is not None:
             lock.release()
@@ -179,10 +204,10 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
             "total_steps": state.total_steps,
         },
     )
-    if is_main:
+    if procs.is_main:
         run_dir.write_run(run)
     saved = None
-    if args.resume and run_dir.last.exists():
+    if resuming and run_dir.last.exists():
         try:
             saved = load_checkpoint(run_dir.last)
             engine.load_checkpoint_state(state, saved)
@@ -194,20 +219,23 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
                 "copy cut short), restore it from a backup or start a new --run-dir; checkpoints written by "
                 "this code are replaced atomically, so a kill never leaves a half-written one."
             ) from err
+    writer = CheckpointWriter() if procs.is_main else None
 
     def save(path: Path) -> None:
-        full = engine.checkpoint_state(state, model_config.to_dict())  # a collective: every rank calls it
-        if full is not None:
-            save_checkpoint(path, full)
+        """Gather every rank's streams and hand a snapshot to rank 0's writer (all ranks call it)."""
+        engine.check_finite(state)  # never keep a state that has seen a non-finite loss
+        ranks = distributed.gather(procs, engine.rank_state(state))
+        if writer is not None:
+            writer.submit(path, engine.checkpoint_state(state, model_config.to_dict(), ranks))
 
     probe = (
         LinearProbe(
             cfg.probe_task, cfg.probe_max_clips, protocol=cfg.probe_protocol, crop_frames=cfg.crop_frames
         )
-        if cfg.probe_every and is_main
+        if cfg.probe_every and procs.is_main
         else None
     )
-    monitor = Monitor(run_dir.path, resume_step=state.step) if is_main else None
+    monitor = Monitor(run_dir.path, resume_step=state.step) if procs.is_main else None
     if saved is not None:  # set-up may have drawn from the RNGs: the first step must see the saved ones
         engine.reset_rngs(state, saved)
         del saved
@@ -216,30 +244,39 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
         initial=state.step,
         desc="pre-training",
         unit="step",
-        disable=not is_main or args.no_progress,
+        disable=not procs.is_main or args.no_progress,
         dynamic_ncols=True,
     )
-    if is_main:
+    if procs.is_main:
         print(
             f"{cfg.encoder}: {sum(p.numel() for p in state.net.parameters()):,} parameters (encoder + projector); "
             f"{len(dataset)} clips, {state.steps_per_epoch} steps/epoch, {state.total_steps} steps; "
-            f"device {device}, world size {world_size}",
+            f"device {procs.device}, world size {procs.world_size}",
             file=sys.stderr,
         )
-        if world_size > 1 and device.type != "cuda":
+        if procs.world_size > 1 and procs.device.type != "cuda":
             print(
                 "note: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorms use local statistics",
                 file=sys.stderr,
             )
+    checkpoints = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
+    logs = Cadence(cfg.log_every, cfg.log_minutes)
+    images = Cadence(cfg.image_every, cfg.image_minutes)
     t_last, steps_since = time.perf_counter(), 0
+    stopped_by = None
     try:
-        while state.step < state.total_steps:
-            for crops in state.sampler:
-                result = engine.train_step(state, crops)
+        with StopSignals() as signals:
+            for result in steps(state):
                 step, done = state.step, state.step >= state.total_steps
                 steps_since += 1
                 bar.update(1)
-                if is_main and (step % cfg.log_every == 0 or done):
+                # One tiny CPU collective per step: the ranks stop, and checkpoint, at the same step.
+                stop, checkpoint_due = distributed.agree(
+                    procs, [signals.number, int(procs.is_main and checkpoints.due(step))]
+                )
+                if step % cfg.log_every == 0:
+                    engine.check_finite(state)  # every rank, same steps: a device sync, not one per step
+                if monitor is not None and (logs.due(step) or done):
                     now = time.perf_counter()
                     rate = steps_since * cfg.batch_size / max(now - t_last, 1e-9)
                     t_last, steps_since = now, 0
@@ -259,28 +296,35 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
                     )
                     bar.set_postfix(loss=f"{result.loss:.2f}", samples_s=f"{rate:.0f}")
                 if cfg.probe_every and step % cfg.probe_every == 0:
-                    score = [probe.score(state.net.encoder, model_config, device) if is_main else None]
-                    if world_size > 1:
-                        dist.broadcast_object_list(score, src=0)
-                    if is_main:
-                        monitor.log_probe(step, probe.name, score[0])
-                    if score[0] > state.best_probe:
-                        state.best_probe = score[0]
+                    engine.check_finite(state)
+                    # The others wait in the CPU control group, not inside an NCCL collective.
+                    score = distributed.broadcast(
+                        procs, probe.score(state.net.encoder, model_config, procs.device) if probe else None
+                    )
+                    if monitor is not None:
+                        monitor.log_probe(step, probe.name, score)
+                    if score > state.best_probe:
+                        state.best_probe = score
                         save(run_dir.best)
-                if step % cfg.checkpoint_every == 0 or done:
+                if checkpoint_due or done or stop:
                     save(run_dir.last)
-                if is_main and (step % cfg.image_every == 0 or done):
+                if monitor is not None and (images.due(step) or done):
                     monitor.images_at(step, result.c)
-                if done:
+                if stop:  # the signal one of the ranks received (the highest-numbered, if several)
+                    stopped_by = signal.Signals(stop).name
                     break
-        if world_size > 1:
-            dist.barrier()  # rank 0 has written the last checkpoint; leave together
+            if writer is not None:
+                writer.wait()  # the last checkpoint is on disk before any rank leaves
+            distributed.agree(procs, [0])  # ... and the ranks leave together
     except engine.NonFiniteLoss as err:
-        if is_main:
+        if writer is not None:
+            writer.close()
+        if procs.is_main:
             kept = (
                 f"the last good checkpoint ({run_dir.last}, step {load_checkpoint(run_dir.last)['step']}) is intact"
                 if run_dir.last.exists()
-                else f"no checkpoint had been written yet (one is written every {cfg.checkpoint_every} steps)"
+                else "no checkpoint had been written yet (one is written every "
+                f"{cfg.checkpoint_every} steps or {cfg.checkpoint_minutes:g} minutes)"
             )
             print(
                 f"\nerror: {err}. Training stopped; {kept}. Try a lower learning rate (lr_weights=...), "
@@ -290,13 +334,31 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
         return 3
     finally:
         bar.close()
+        if writer is not None:
+            writer.close()
         if monitor is not None:
             monitor.close()
-        if world_size > 1:
+        if procs.world_size > 1:
             dist.destroy_process_group()
         if lock is not None:
             lock.release()
-    if is_main and hint_next:
+    if writer is not None and writer.records:
+        last = writer.records[-1]
+        print(
+            f"checkpoints: {len(writer.records)} written in the background; the last, {last.bytes / 1e6:.1f} MB, "
+            f"took {last.seconds:.2f} s",
+            file=sys.stderr,
+        )
+    if stopped_by is not None:
+        if procs.is_main:
+            print(
+                f"stopped by {stopped_by} after step {state.step} of {state.total_steps}; checkpoint "
+                f"{run_dir.last}. The same command with --auto-resume (or --resume) continues the run. "
+                f"Exit status {EXIT_STOPPED}.",
+                file=sys.stderr,
+            )
+        return EXIT_STOPPED
+    if procs.is_main and hint_next:
         print(
             f"done: {state.step} steps; checkpoint {run_dir.last}. Next: "
             f"`{Path(sys.executable).name} -m training.export {run_dir.path} OUT_DIR` for Hub-style weights",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,22 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            holder = os.read(fd, 128).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunDirError(
                 f"{self.path.parent} is in use by {holder}: two runs cannot share a run directory. "
                 "Wait for it to finish, stop it, or choose another --run-dir."
             ) from None
+        except OSError as err:  # ENOLCK, EOPNOTSUPP...: a filesystem without flock (some NFS, FUSE)
+            os.close(fd)
+            raise RunDirError(
+                f"cannot lock {self.path} ({err.strerror or err}): the filesystem of --run-dir does not "
+                "support flock, so this run cannot make sure it is the only one writing there. Put the run "
+                "directory on a filesystem with locking (local disk, NFSv4, Lustre mounted with -o flock), "
+                "or pass --no-lock if your scheduler guarantees one job per run directory."
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}\n".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self._fd = fd
         return self
 
