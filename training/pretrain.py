@@ -18,6 +18,7 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,14 @@ from tqdm import tqdm
 from hear_abt.config import ModelConfig
 
 from . import distributed, engine
-from .checkpoint import CheckpointWriter, load_checkpoint
+from .checkpoint import CheckpointWriter
+from .checkpoint import load_training_checkpoint as load_checkpoint
 from .config import DEFAULT_PRESET, PRESETS, TrainConfig, build_config
 from .data import ShardDataset, default_reader_threads
 from .loop import EXIT_STOPPED, Cadence, StopSignals, steps
 from .monitor import Monitor
 from .probe import LinearProbe
-from .run_dir import RunDir, RunDirError
+from .run_dir import RunDir, RunDirError, RunLock
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -157,14 +159,42 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir, resuming: bool) -> di
     }
 
 
-def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
-    """Run (or resume) a pre-training run; ``hint_next=False`` omits the closing "export next" hint.
+@dataclass
+class Run:
+    """A run as set up on this rank: its folder, processes, settings, data and training state."""
 
-    Returns 0 when the run is complete, :data:`training.loop.EXIT_STOPPED` when a signal stopped it
-    after a checkpoint (the same command with --auto-resume or --resume continues it), 3 on a
-    non-finite loss.
-    """
-    args = parse_args(argv)
+    args: argparse.Namespace
+    run_dir: RunDir
+    procs: distributed.Processes
+    lock: RunLock | None
+    resuming: bool
+    settings: dict[str, Any]  # run.json: preset, data folder, training config
+    cfg: TrainConfig
+    dataset: ShardDataset
+    state: engine.TrainState
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            encoder=self.cfg.encoder,
+            encoder_kwargs=self.cfg.encoder_kwargs,
+            frontend=self.dataset.frontend,
+            norm=self.dataset.norm,
+            provenance={
+                "preset": self.settings["preset"],
+                "data": self.settings["data"],
+                "clips": len(self.dataset),
+                "total_steps": self.state.total_steps,
+            },
+        )
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """Processes, lock, settings, data and the training state (restored from the last checkpoint)."""
     run_dir = RunDir(Path(args.run_dir).resolve())
     try:
         procs = distributed.setup(args.device, args.dist_timeout_minutes)
@@ -173,16 +203,15 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
     lock = None
     try:
         lock = run_dir.lock().acquire() if procs.is_main and not args.no_lock else None
-        distributed.check_shared_folders(
-            procs, run_dir.path, Path(args.data).resolve() if args.data else None
-        )
+        data = Path(args.data).resolve() if args.data else None
+        distributed.check_shared_folders(procs, run_dir.path, data)
         # Rank 0 decides whether the run exists: the others could see its run.json appear meanwhile.
         resuming = distributed.broadcast(
             procs, args.resume or (args.auto_resume and run_dir.run_file.exists())
         )
-        run = resolve_run(args, run_dir, resuming)
-        cfg = TrainConfig.from_dict(run["train"]).validate()
-        dataset = ShardDataset(run["data"])
+        settings = resolve_run(args, run_dir, resuming)
+        cfg = TrainConfig.from_dict(settings["train"]).validate()
+        dataset = ShardDataset(settings["data"])
         state = engine.build(
             cfg, dataset, procs.device, procs.rank, procs.world_size, reader_threads=args.reader_threads
         )
@@ -192,65 +221,164 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
         if isinstance(err, (RunDirError, ValueError, FileNotFoundError)):
             raise SystemExit(f"error: {err}") from err
         raise
-    model_config = ModelConfig(
-        encoder=cfg.encoder,
-        encoder_kwargs=cfg.encoder_kwargs,
-        frontend=dataset.frontend,
-        norm=dataset.norm,
-        provenance={
-            "preset": run["preset"],
-            "data": run["data"],
-            "clips": len(dataset),
-            "total_steps": state.total_steps,
-        },
-    )
     if procs.is_main:
-        run_dir.write_run(run)
-    saved = None
-    if resuming and run_dir.last.exists():
-        try:
-            saved = load_checkpoint(run_dir.last)
-            engine.load_checkpoint_state(state, saved)
-        except Exception as err:  # torch raises several types for truncated or corrupt files
-            if lock is not None:
-                lock.release()
-            raise SystemExit(
-                f"error: cannot resume from {run_dir.last}: {err}. If the file is corrupt (a full disk or a "
-                "copy cut short), restore it from a backup or start a new --run-dir; checkpoints written by "
-                "this code are replaced atomically, so a kill never leaves a half-written one."
-            ) from err
-    writer = CheckpointWriter() if procs.is_main else None
+        run_dir.write_run(settings)
+    return Run(args, run_dir, procs, lock, resuming, settings, cfg, dataset, state)
 
-    def save(path: Path) -> None:
-        """Gather every rank's streams and hand a snapshot to rank 0's writer (all ranks call it)."""
-        engine.check_finite(state)  # never keep a state that has seen a non-finite loss
-        ranks = distributed.gather(procs, engine.rank_state(state))
-        if writer is not None:
-            writer.submit(path, engine.checkpoint_state(state, model_config.to_dict(), ranks))
 
-    probe = (
-        LinearProbe(
-            cfg.probe_task, cfg.probe_max_clips, protocol=cfg.probe_protocol, crop_frames=cfg.crop_frames
+def restore(run: Run) -> dict[str, Any] | None:
+    """Load the last checkpoint into the state when resuming one; returns what was loaded."""
+    if not (run.resuming and run.run_dir.last.exists()):
+        return None
+    try:
+        saved = load_checkpoint(run.run_dir.last)
+        engine.load_checkpoint_state(run.state, saved)
+    except Exception as err:  # torch raises several types for truncated or corrupt files
+        run.release()
+        raise SystemExit(
+            f"error: cannot resume from {run.run_dir.last}: {err}. If the file is corrupt (a full disk or a "
+            "copy cut short), restore it from a backup or start a new --run-dir; checkpoints written by "
+            "this code are replaced atomically, so a kill never leaves a half-written one."
+        ) from err
+    return saved
+
+
+class Handlers:
+    """What happens between steps: log rows, the probe, checkpoints and images.
+
+    Every rank calls :meth:`after_step` with the same arguments at the same step; the collective parts
+    (checkpoints, the probe's score) run on all of them, the rest on rank 0 only.
+    """
+
+    def __init__(self, run: Run):
+        self.run, self.state, self.cfg = run, run.state, run.cfg
+        main = run.procs.is_main
+        self.model_config = run.model_config
+        self.writer = CheckpointWriter() if main else None
+        self.monitor = Monitor(run.run_dir.path, resume_step=self.state.step) if main else None
+        cfg = self.cfg
+        self.probe = (
+            LinearProbe(
+                cfg.probe_task, cfg.probe_max_clips, protocol=cfg.probe_protocol, crop_frames=cfg.crop_frames
+            )
+            if cfg.probe_every and main
+            else None
         )
-        if cfg.probe_every and procs.is_main
-        else None
-    )
-    monitor = Monitor(run_dir.path, resume_step=state.step) if procs.is_main else None
+        self.checkpoints = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
+        self.logs = Cadence(cfg.log_every, cfg.log_minutes)
+        self.images = Cadence(cfg.image_every, cfg.image_minutes)
+        self._t_last, self._steps_since = time.perf_counter(), 0
+        self.postfix: dict[str, str] | None = None  # the progress bar's figures, after a log row
+
+    def after_step(self, result: engine.StepResult, stop: bool, checkpoint_due: bool) -> None:
+        step, cfg = self.state.step, self.cfg
+        done = step >= self.state.total_steps
+        self._steps_since += 1
+        if step % cfg.log_every == 0:
+            engine.check_finite(self.state)  # every rank, same steps: a device sync, not one per step
+        if self.monitor is not None and (self.logs.due(step) or done):
+            self.log(result)
+        if cfg.probe_every and step % cfg.probe_every == 0:
+            self.score_probe()
+        if checkpoint_due or done or stop:
+            self.save(self.run.run_dir.last)
+        if self.monitor is not None and (self.images.due(step) or done):
+            self.monitor.images_at(step, result.c)
+
+    def log(self, result: engine.StepResult) -> None:
+        state = self.state
+        now = time.perf_counter()
+        rate = self._steps_since * self.cfg.batch_size / max(now - self._t_last, 1e-9)
+        self._t_last, self._steps_since = now, 0
+        lrs = state.optimizer.param_groups
+        self.monitor.log(
+            {
+                "step": state.step,
+                "epoch": round(state.step / state.steps_per_epoch, 4),
+                "loss": result.loss,
+                "on_diag": result.on_diag,
+                "off_diag": result.off_diag,
+                "lr_weights": lrs[0]["lr"],
+                "lr_biases": lrs[-1]["lr"],
+                "samples_per_s": rate,
+                "embedding_std": result.embedding_std,
+            }
+        )
+        self.postfix = {"loss": f"{result.loss:.2f}", "samples_s": f"{rate:.0f}"}
+
+    def score_probe(self) -> None:
+        """Rank 0 probes; the others wait in the CPU control group, not inside an NCCL collective."""
+        engine.check_finite(self.state)
+        score = distributed.broadcast(
+            self.run.procs,
+            self.probe.score(self.state.net.encoder, self.model_config, self.run.procs.device)
+            if self.probe
+            else None,
+        )
+        if self.monitor is not None:
+            self.monitor.log_probe(self.state.step, self.probe.name, score)
+        if score > self.state.best_probe:
+            self.state.best_probe = score
+            self.save(self.run.run_dir.best)
+
+    def save(self, path: Path) -> None:
+        """Gather every rank's streams and hand a snapshot to rank 0's writer (all ranks call it)."""
+        engine.check_finite(self.state)  # never keep a state that has seen a non-finite loss
+        ranks = distributed.gather(self.run.procs, engine.rank_state(self.state))
+        if self.writer is not None:
+            self.writer.submit(path, engine.checkpoint_state(self.state, self.model_config.to_dict(), ranks))
+
+    def finish(self) -> None:
+        """Everything written before any rank leaves; the ranks leave together."""
+        if self.writer is not None:
+            self.writer.wait()
+        distributed.agree(self.run.procs, [0])
+
+    def close(self) -> None:
+        for part in (self.writer, self.monitor):
+            if part is not None:
+                part.close()
+
+
+def train(run: Run, handlers: Handlers, bar: tqdm) -> str | None:
+    """Steps until the end or an agreed stop; returns the name of the signal that stopped the run."""
+    with StopSignals() as signals:
+        for result in steps(run.state):
+            bar.update(1)
+            # One tiny CPU collective per step: the ranks stop, and checkpoint, at the same step.
+            stop, checkpoint_due = distributed.agree(
+                run.procs,
+                [signals.number, int(run.procs.is_main and handlers.checkpoints.due(run.state.step))],
+            )
+            handlers.after_step(result, bool(stop), bool(checkpoint_due))
+            if handlers.postfix:
+                bar.set_postfix(handlers.postfix)
+                handlers.postfix = None
+            if stop:  # the signal one of the ranks received (the highest-numbered, if several)
+                handlers.finish()
+                return signal.Signals(stop).name
+        handlers.finish()
+    return None
+
+
+def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
+    """Run (or resume) a pre-training run; ``hint_next=False`` omits the closing "export next" hint.
+
+    Returns 0 when the run is complete, :data:`training.loop.EXIT_STOPPED` when a signal stopped it
+    after a checkpoint (the same command with --auto-resume or --resume continues it), 3 on a
+    non-finite loss.
+    """
+    run = set_up(parse_args(argv))
+    saved = restore(run)
+    procs, state, cfg, run_dir = run.procs, run.state, run.cfg, run.run_dir
+    handlers = Handlers(run)
     if saved is not None:  # set-up may have drawn from the RNGs: the first step must see the saved ones
         engine.reset_rngs(state, saved)
         del saved
-    bar = tqdm(
-        total=state.total_steps,
-        initial=state.step,
-        desc="pre-training",
-        unit="step",
-        disable=not procs.is_main or args.no_progress,
-        dynamic_ncols=True,
-    )
     if procs.is_main:
         print(
             f"{cfg.encoder}: {sum(p.numel() for p in state.net.parameters()):,} parameters (encoder + projector); "
-            f"{len(dataset)} clips, {state.steps_per_epoch} steps/epoch, {state.total_steps} steps; "
+            f"{len(run.dataset)} clips, {state.steps_per_epoch} steps/epoch, {state.total_steps} steps; "
             f"device {procs.device}, world size {procs.world_size}",
             file=sys.stderr,
         )
@@ -259,94 +387,32 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
                 "note: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorms use local statistics",
                 file=sys.stderr,
             )
-    checkpoints = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
-    logs = Cadence(cfg.log_every, cfg.log_minutes)
-    images = Cadence(cfg.image_every, cfg.image_minutes)
-    t_last, steps_since = time.perf_counter(), 0
-    stopped_by = None
+    bar = tqdm(
+        total=state.total_steps,
+        initial=state.step,
+        desc="pre-training",
+        unit="step",
+        disable=not procs.is_main or run.args.no_progress,
+        dynamic_ncols=True,
+    )
     try:
-        with StopSignals() as signals:
-            for result in steps(state):
-                step, done = state.step, state.step >= state.total_steps
-                steps_since += 1
-                bar.update(1)
-                # One tiny CPU collective per step: the ranks stop, and checkpoint, at the same step.
-                stop, checkpoint_due = distributed.agree(
-                    procs, [signals.number, int(procs.is_main and checkpoints.due(step))]
-                )
-                if step % cfg.log_every == 0:
-                    engine.check_finite(state)  # every rank, same steps: a device sync, not one per step
-                if monitor is not None and (logs.due(step) or done):
-                    now = time.perf_counter()
-                    rate = steps_since * cfg.batch_size / max(now - t_last, 1e-9)
-                    t_last, steps_since = now, 0
-                    lrs = state.optimizer.param_groups
-                    monitor.log(
-                        {
-                            "step": step,
-                            "epoch": round(step / state.steps_per_epoch, 4),
-                            "loss": result.loss,
-                            "on_diag": result.on_diag,
-                            "off_diag": result.off_diag,
-                            "lr_weights": lrs[0]["lr"],
-                            "lr_biases": lrs[-1]["lr"],
-                            "samples_per_s": rate,
-                            "embedding_std": result.embedding_std,
-                        }
-                    )
-                    bar.set_postfix(loss=f"{result.loss:.2f}", samples_s=f"{rate:.0f}")
-                if cfg.probe_every and step % cfg.probe_every == 0:
-                    engine.check_finite(state)
-                    # The others wait in the CPU control group, not inside an NCCL collective.
-                    score = distributed.broadcast(
-                        procs, probe.score(state.net.encoder, model_config, procs.device) if probe else None
-                    )
-                    if monitor is not None:
-                        monitor.log_probe(step, probe.name, score)
-                    if score > state.best_probe:
-                        state.best_probe = score
-                        save(run_dir.best)
-                if checkpoint_due or done or stop:
-                    save(run_dir.last)
-                if monitor is not None and (images.due(step) or done):
-                    monitor.images_at(step, result.c)
-                if stop:  # the signal one of the ranks received (the highest-numbered, if several)
-                    stopped_by = signal.Signals(stop).name
-                    break
-            if writer is not None:
-                writer.wait()  # the last checkpoint is on disk before any rank leaves
-            distributed.agree(procs, [0])  # ... and the ranks leave together
+        stopped_by = train(run, handlers, bar)
     except engine.NonFiniteLoss as err:
-        if writer is not None:
-            writer.close()
+        handlers.close()  # a checkpoint being written finishes first: the message names it
         if procs.is_main:
-            kept = (
-                f"the last good checkpoint ({run_dir.last}, step {load_checkpoint(run_dir.last)['step']}) is intact"
-                if run_dir.last.exists()
-                else "no checkpoint had been written yet (one is written every "
-                f"{cfg.checkpoint_every} steps or {cfg.checkpoint_minutes:g} minutes)"
-            )
-            print(
-                f"\nerror: {err}. Training stopped; {kept}. Try a lower learning rate (lr_weights=...), "
-                "precision=fp32, or check the data for silence-only clips.",
-                file=sys.stderr,
-            )
+            print(f"\nerror: {err}. Training stopped; {_kept(run)}. {NAN_ADVICE}", file=sys.stderr)
         return 3
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-        if monitor is not None:
-            monitor.close()
+        handlers.close()
         if procs.world_size > 1:
             dist.destroy_process_group()
-        if lock is not None:
-            lock.release()
-    if writer is not None and writer.records:
-        last = writer.records[-1]
+        run.release()
+    if handlers.writer is not None and handlers.writer.records:
+        last = handlers.writer.records[-1]
         print(
-            f"checkpoints: {len(writer.records)} written in the background; the last, {last.bytes / 1e6:.1f} MB, "
-            f"took {last.seconds:.2f} s",
+            f"checkpoints: {len(handlers.writer.records)} written in the background; the last, "
+            f"{last.bytes / 1e6:.1f} MB, took {last.seconds:.2f} s",
             file=sys.stderr,
         )
     if stopped_by is not None:
@@ -365,6 +431,22 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+NAN_ADVICE = (
+    "Try a lower learning rate (lr_weights=...), precision=fp32, or check the data for silence-only clips."
+)
+
+
+def _kept(run: Run) -> str:
+    """What a run stopped by a non-finite loss leaves behind."""
+    if run.run_dir.last.exists():
+        return f"the last good checkpoint ({run.run_dir.last}, step {load_checkpoint(run.run_dir.last)['step']}) is intact"
+    cfg = run.cfg
+    return (
+        "no checkpoint had been written yet (one is written every "
+        f"{cfg.checkpoint_every} steps or {cfg.checkpoint_minutes:g} minutes)"
+    )
 
 
 if __name__ == "__main__":
