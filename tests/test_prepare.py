@@ -93,7 +93,7 @@ def test_summary_line(corpus, tmp_path, capsys):
     prep.main([str(corpus), str(tmp_path / "o"), "--workers", "1", "--clips-per-shard", "7", "--no-progress"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("prepared 5 clips (") and line.endswith(
-        "in 1 shards; skipped 2 files (see manifest.json)"
+        "in 1 shards; skipped 2 files (see manifest.json); ignored 1 files that are not audio (.txt: 1)"
     )
 
 
@@ -142,10 +142,12 @@ def test_dataset_and_crop_shapes(prepared):
     assert len(sampler) == 2
     batches = list(sampler)
     assert len(batches) == 2 and sampler.state_dict()["epoch"] == 1
-    for x in batches:
+    for raw in batches:  # stored float16 frames, made model input on the training device
+        assert raw.frames.shape == (2, 96, 64) and raw.frames.dtype == torch.float16
+        x = raw.to_input(torch.device("cpu"))
         assert x.shape == (2, 1, 64, 96) and x.dtype == torch.float32 and torch.isfinite(x).all()
     wide = CropSampler(ds, batch_size=5, crop_frames=480, seed=1, prefetch=0).batch_at(0, 0)
-    assert wide.shape == (5, 1, 64, 480)
+    assert wide.to_input(torch.device("cpu")).shape == (5, 1, 64, 480)
 
 
 def test_short_clip_padded_with_silence(prepared):
@@ -173,12 +175,17 @@ def test_determinism_and_normalize(prepared):
             out.extend(sampler)
         return out[:n]
 
-    a = take(CropSampler(ds, batch_size=2, seed=3), 6)
-    b = take(CropSampler(ds, batch_size=2, seed=3, prefetch=0), 6)
-    c = take(CropSampler(ds, batch_size=2, seed=4), 6)
+    def inputs(batches):
+        return [raw.to_input(torch.device("cpu")) for raw in batches]
+
+    a = inputs(take(CropSampler(ds, batch_size=2, seed=3), 6))
+    b = inputs(take(CropSampler(ds, batch_size=2, seed=3, prefetch=0), 6))
+    c = inputs(take(CropSampler(ds, batch_size=2, seed=4), 6))
+    threads = inputs(take(CropSampler(ds, batch_size=2, seed=3, prefetch=3, threads=3), 6))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, threads))  # the thread count changes nothing
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    normed = CropSampler(ds, batch_size=2, seed=3, normalize=True).batch_at(0, 0)
+    normed = CropSampler(ds, batch_size=2, seed=3).batch_at(0, 0).to_input(torch.device("cpu"), ds.norm)
     torch.testing.assert_close(normed, (a[0] - ds.norm.mean) / ds.norm.std)
 
 
@@ -197,7 +204,10 @@ def test_state_dict_round_trip(prepared):
     restored.load_state_dict(json.loads(json.dumps(state)))
     got = list(restored) + list(restored)
     assert len(got) == len(expected) == 3
-    assert all(torch.equal(x, y) for x, y in zip(got, expected))
+    assert all(
+        torch.equal(x.frames, y.frames) and torch.equal(x.inside, y.inside) for x, y in zip(got, expected)
+    )
+    assert [(x.epoch, x.batch) for x in got] == [(0, 1), (1, 0), (1, 1)]
     with pytest.raises(ValueError, match="seed"):
         CropSampler(ds, batch_size=2, seed=6).load_state_dict(state)
 

@@ -1,10 +1,12 @@
 """Decode a corpus once into memory-mappable float16 log-mel shards for pre-training.
 
-    python -m training.prepare SRC OUT_DIR [--workers N] [--clips-per-shard N]
+    python -m training.prepare SRC OUT_DIR [--workers N] [--clips-per-shard N] [--part I/N]
                                [--max-seconds-per-clip S] [--overwrite] [--no-progress]
 
 SRC is a folder (searched recursively) or a list file of audio paths. Rerunning the same command
-resumes. Output layout, AudioSet/FSD50K examples and the statistics: docs/data.md.
+resumes. ``--part I/N`` builds only the I-th of N slices of the shards, so that several processes
+or machines sharing OUT_DIR can build them at once; the command without ``--part`` then writes the
+manifest. Output layout, AudioSet/FSD50K examples, locking and the statistics: docs/data.md.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import socket
 import sys
+import threading
+import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,7 +38,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hear_abt import audio as _audio
-from hear_abt.audio import AUDIO_EXTENSIONS, load_audio
+from hear_abt.audio import AUDIO_EXTENSIONS, decoded_by_ffmpeg, ffmpeg_decoder_id, load_audio
 from hear_abt.config import FrontendConfig
 from hear_abt.fileio import DiskFullError, atomic_open, is_disk_full
 from hear_abt.frontend import LogMelFrontend
@@ -43,14 +51,28 @@ SHARD_DTYPE = np.float16
 DEFAULT_CLIPS_PER_SHARD = 2048  # ~256 MB per shard of 10 s clips; ~800 shards for AudioSet
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
+LOCK_SUFFIX = ".lock"
+# Certainly not audio: counted per extension in the manifest's "ignored", not listed one by one.
+# Metadata beside downloads (yt-dlp's .info.json, .description, thumbnails), list files, notes, and
+# prepare's own outputs. Any other extension that is not audio is listed in "skipped" with its reason.
+NON_AUDIO_EXTENSIONS = frozenset(
+    "txt csv tsv json jsonl md rst log yaml yml toml xml html htm pdf description "
+    "jpg jpeg png gif webp bmp svg npy npz pt pth ckpt safetensors py sh lock tmp".split()
+)
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "NON_AUDIO_EXTENSIONS",
     "PrepareError",
     "PrepareSummary",
+    "LockError",
+    "ShardsBusyError",
     "combine_stats",
     "find_audio_files",
+    "parse_part",
+    "part_shards",
     "prepare",
+    "scan_sources",
 ]
 
 
@@ -58,15 +80,26 @@ class PrepareError(ValueError):
     """The corpus cannot give usable normalisation statistics (no frames, constant or non-finite)."""
 
 
+class LockError(RuntimeError):
+    """A lock file prepare needs is held by another job that may be running, or cannot be created."""
+
+
+class ShardsBusyError(LockError):
+    """Shards whose lock another prepare job holds (it is building them): no manifest was written."""
+
+
 @dataclass(frozen=True)
 class PrepareSummary:
-    clips: int
+    clips: int  # clips in the manifest; with --part, in the shards this part built or reused
     hours: float
     shards: int
-    skipped: int
+    skipped: int  # files listed in the manifest's "skipped" (with --part: in this part's shards)
     built_shards: list[int]
     reused_shards: list[int]
-    manifest_path: Path
+    manifest_path: Optional[Path]  # None with --part: the command without --part writes it
+    ignored: dict[str, int] = field(default_factory=dict)  # non-audio files counted, not listed
+    part: Optional[tuple[int, int]] = None
+    busy_shards: list[int] = field(default_factory=list)  # --part: left to the job holding them
 
 
 @dataclass
@@ -83,17 +116,54 @@ class _ClipResult:
 # --------------------------------------------------------------------------------------- sources
 
 
-def find_audio_files(src: Path) -> tuple[Path, list[str]]:
-    """Return (root, sources): sources are paths relative to root (or absolute) in shard order."""
+@dataclass(frozen=True)
+class Sources:
+    root: Path
+    files: list[str]  # audio paths relative to root (or absolute), in shard order
+    left_out: list[dict[str, str]]  # {"path", "reason"} of files found but not prepared, listed
+    ignored: dict[str, int]  # files that are certainly not audio, counted by ".ext" (or "hidden")
+
+
+def scan_sources(src: Path, exclude: Optional[Path] = None) -> Sources:
+    """The audio files of a folder (recursively) or list file, and what the folder holds besides.
+
+    Every file of a folder is accounted for: audio files are prepared; hidden files (or files under
+    hidden folders) and NON_AUDIO_EXTENSIONS are counted in ``ignored``; every other file (an
+    unknown extension such as .wma or a download's .part, a FIFO named .wav) is in ``left_out`` with
+    its reason. Every line of a list file is prepared, whatever its extension. Files under ``exclude``
+    (OUT_DIR, when it lies inside SRC) are not looked at.
+    """
     src = src.resolve()
     if src.is_dir():
         # The one audio finder (hear_abt.audio, shared with `hear-abt embed`): regular files only.
-        return src, [p.relative_to(src).as_posix() for p in _audio.find_audio_files(src)]
+        others: list[tuple[Path, str]] = []
+        found = _audio.find_audio_files(src, others)
+        if exclude is not None:
+            exclude = exclude.resolve()
+            found = [p for p in found if exclude not in p.parents]
+            others = [(p, why) for p, why in others if exclude not in p.parents]
+        files = [p.relative_to(src).as_posix() for p in found]
+        left_out, ignored = [], Counter()
+        for path, reason in others:
+            rel = path.relative_to(src)
+            if any(part.startswith(".") for part in rel.parts) and not _audio.is_audio_file_name(path.name):
+                ignored["hidden"] += 1
+            elif path.suffix.lower().lstrip(".") in NON_AUDIO_EXTENSIONS:
+                ignored[path.suffix.lower()] += 1
+            else:
+                left_out.append({"path": rel.as_posix(), "reason": reason})
+        return Sources(src, files, left_out, dict(sorted(ignored.items())))
     if src.is_file():
         lines = src.read_text(encoding="utf-8").splitlines()
-        sources = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        return src.parent, sources
+        files = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return Sources(src.parent, files, [], {})
     raise FileNotFoundError(f"SRC {src} is neither a folder nor a manifest file")
+
+
+def find_audio_files(src: Path) -> tuple[Path, list[str]]:
+    """Return (root, sources): sources are paths relative to root (or absolute) in shard order."""
+    found = scan_sources(src)
+    return found.root, found.files
 
 
 def _shard_name(index: int) -> str:
@@ -109,7 +179,233 @@ def _fingerprint(frontend: FrontendConfig, max_samples: Optional[int], sources: 
         "sources": list(sources),
         "resampler": _audio.RESAMPLE_ID,
     }
+    if any(decoded_by_ffmpeg(source) for source in sources):
+        # FFmpeg's decoders change between releases; and a shard built without PyAV (its m4a files
+        # all skipped) is rebuilt once PyAV is installed. Shards of libsndfile formats keep their key.
+        key["decoder"] = ffmpeg_decoder_id()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N): the I-th (1-based) of N parts, 1 <= I <= N."""
+    pieces = text.strip().split("/")
+    try:
+        if len(pieces) != 2:
+            raise ValueError
+        index, count = int(pieces[0]), int(pieces[1])
+    except ValueError:
+        raise ValueError(f"--part must be I/N, e.g. 1/4 (the first of 4 parts), got {text!r}") from None
+    _check_part((index, count))
+    return index, count
+
+
+def _check_part(part: tuple[int, int]) -> None:
+    index, count = part
+    if count < 1:
+        raise ValueError(f"--part I/N needs N >= 1 parts, got {index}/{count}")
+    if not 1 <= index <= count:
+        hint = " (parts are numbered from 1)" if index == 0 else ""
+        raise ValueError(f"--part I/N needs 1 <= I <= N, got {index}/{count}{hint}")
+
+
+def part_shards(part: tuple[int, int], n_shards: int) -> range:
+    """Shard indices of part I/N: the I-th of N contiguous slices of the plan, as even as can be."""
+    index, count = part
+    return range((index - 1) * n_shards // count, index * n_shards // count)
+
+
+# ---------------------------------------------------------------------------------- locking
+#
+# A shard is built only by the job holding its lock file, shards/shard-NNNNNN.lock, created with
+# O_CREAT | O_EXCL (atomic on local filesystems and on NFS v3+, unlike flock on some network
+# filesystems). The file names its holder: host, boot id, pid namespace, pid and the process's start
+# time. A lock is taken over only when its holder is provably gone: same host and pid namespace but
+# no such process (or the pid now belongs to a younger process), or same host name but another boot
+# (the machine restarted). A holder on another machine is never judged: its lock must be removed by
+# hand if that job died. The same holds for manifest.lock, held by the command without --part.
+# Temporaries (hear_abt.fileio names them .shard-NNNNNN.npy.<random>.tmp) belong to the lock's
+# holder, so a job removes a shard's temporaries only after taking its lock: another job's are safe.
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
+    """(state, start time in clock ticks since boot) of a process, from /proc (Linux), else None."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()  # after "pid (comm)", which may hold spaces
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _this_machine() -> dict[str, str]:
+    pidns = ""
+    with contextlib.suppress(OSError):
+        pidns = os.readlink("/proc/self/ns/pid")
+    return {
+        "host": socket.gethostname(),
+        "boot": (_read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
+        "pidns": pidns,
+    }
+
+
+def _new_owner() -> dict[str, Any]:
+    stat = _proc_stat(os.getpid())
+    return {
+        **_this_machine(),
+        "pid": os.getpid(),
+        "start": stat[1] if stat else None,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": uuid.uuid4().hex,  # makes every lock's content unique (take-over compares it)
+    }
+
+
+def _read_lock(path: Path) -> Optional[dict[str, Any]]:
+    """The holder a lock file names; None when there is no lock; {} when it is empty or unreadable
+    (being written this instant, or left by a crash: treated as held)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_gone(holder: dict[str, Any], machine: dict[str, str]) -> bool:
+    """True only when the lock's holder is certainly no longer running."""
+    if not holder or holder.get("host") != machine["host"]:
+        return False
+    if holder.get("boot") and machine["boot"] and holder["boot"] != machine["boot"]:
+        return True  # this machine has restarted since: every process of that boot is gone
+    if holder.get("pidns") != machine["pidns"]:
+        return False  # another container's pids are not ours to look up
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists (another user's)
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, start = stat
+    return state == "Z" or (holder.get("start") is not None and start != holder["start"])
+
+
+def _describe(holder: Optional[dict[str, Any]]) -> str:
+    if not holder:
+        return "a job whose lock file is empty or unreadable"
+    return f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
+
+
+# A take-over guard lives for microseconds; one older than this was left by a crash.
+_TAKEOVER_GUARD_STALE_S = 600.0
+
+
+def _create_exclusive(path: Path, owner: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``owner``; False if it exists. Other OSErrors become clear errors."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(path, err) from err
+        raise LockError(
+            f"cannot create the lock file {path}: {err.strerror or err}. prepare locks each shard with a "
+            "file created exclusively (O_EXCL): OUT_DIR must be writable, on a filesystem that supports that"
+        ) from err
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(owner))
+    return True
+
+
+def _take_over(path: Path, holder: dict[str, Any], owner: dict[str, Any]) -> None:
+    """Remove the lock of a gone holder, unless another job did so (and took it) first.
+
+    A guard file (created exclusively) makes the check-then-remove one job's at a time, so a lock
+    that a second job has just taken is never removed in its place.
+    """
+    guard = path.with_name(path.name + ".takeover")
+    if not _create_exclusive(guard, owner):
+        with contextlib.suppress(OSError):
+            if time.time() - guard.stat().st_mtime > _TAKEOVER_GUARD_STALE_S:
+                guard.unlink()
+        return
+    try:
+        if _read_lock(path) == holder:
+            path.unlink(missing_ok=True)
+            logger.warning("took over %s from %s: that process is gone", path.name, _describe(holder))
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _try_lock(path: Path, owner: dict[str, Any], machine: dict[str, str]) -> Optional[dict[str, Any]]:
+    """Take lock file ``path``: None when taken, else its live (or unjudgeable) holder."""
+    holder: Optional[dict[str, Any]] = {}
+    for _ in range(5):
+        if _create_exclusive(path, owner):
+            return None
+        holder = _read_lock(path)
+        if holder is None:
+            continue  # released meanwhile
+        if not _holder_gone(holder, machine):
+            return holder
+        _take_over(path, holder, owner)
+    return holder or {}
+
+
+def _unlock(path: Path, owner: dict[str, Any]) -> None:
+    if _read_lock(path) == owner:  # never another job's (one that took it over from us)
+        path.unlink(missing_ok=True)
+
+
+def _remove_temporaries(folder: Path, name: str) -> None:
+    """Remove ``name``'s temporaries (from a killed job): call only while holding its lock."""
+    for pattern in (f".{name}.*.tmp", f"{name}.*.tmp.*"):  # hear_abt.fileio's, and older versions'
+        for leftover in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+class _Locks:
+    """The lock files one prepare call holds; all released on exit, also on errors."""
+
+    def __init__(self) -> None:
+        self.machine = _this_machine()
+        self.owner = _new_owner()
+        self.held: list[Path] = []
+
+    def take(self, path: Path) -> Optional[dict[str, Any]]:
+        holder = _try_lock(path, self.owner, self.machine)
+        if holder is None:
+            self.held.append(path)
+        return holder
+
+    def __enter__(self) -> _Locks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in reversed(self.held):
+            with contextlib.suppress(OSError):
+                _unlock(path, self.owner)
+        self.held.clear()
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -167,7 +463,8 @@ def _single_thread() -> Iterator[None]:
 
 def _imap_results(tasks: list[tuple[str, str, Optional[int]]], workers: int) -> Iterator[_ClipResult]:
     """Results in task order, decoded by ``workers`` processes (inline when 1)."""
-    if workers <= 1 or len(tasks) <= 1:
+    workers = min(workers, len(tasks))  # a spawned worker costs a torch import: none idle
+    if workers <= 1:
         with _single_thread():
             yield from map(_process_file, tasks)
         return
@@ -279,52 +576,23 @@ def combine_stats(records: Sequence[dict[str, Any]]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------- driver
 
 
-def prepare(
-    src: os.PathLike[str] | str,
-    out_dir: os.PathLike[str] | str,
-    *,
-    workers: int = 1,
-    clips_per_shard: int = DEFAULT_CLIPS_PER_SHARD,
-    max_seconds_per_clip: Optional[float] = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> PrepareSummary:
-    """Build (or finish) the shards of ``src`` in ``out_dir`` and write its manifest."""
-    if clips_per_shard < 1:
-        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
-    frontend = FrontendConfig()
-    out_dir = Path(out_dir).resolve()
-    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    for pattern in (".*.tmp", "*.tmp.*"):  # temporaries of an interrupted run (this and older versions)
-        for leftover in (out_dir / SHARD_DIR).glob(pattern):
-            leftover.unlink()
-    root, sources = find_audio_files(Path(src))
-    if not sources:
-        raise FileNotFoundError(f"no audio files found in {src} (extensions: {', '.join(AUDIO_EXTENSIONS)})")
-    max_samples = (
-        None if max_seconds_per_clip is None else max(1, int(max_seconds_per_clip * frontend.sample_rate))
-    )
-
-    plan = [sources[i : i + clips_per_shard] for i in range(0, len(sources), clips_per_shard)]
-    fingerprints = [_fingerprint(frontend, max_samples, shard) for shard in plan]
-    records: list[Optional[dict[str, Any]]] = [
-        None if overwrite else _finished_record(out_dir, i, fp) for i, fp in enumerate(fingerprints)
-    ]
-    todo = [i for i, r in enumerate(records) if r is None]
-    reused = [i for i, r in enumerate(records) if r is not None]
-    if reused:
-        logger.info("reusing %d finished shards; building %d", len(reused), len(todo))
-
+def _build_shards(
+    out_dir: Path,
+    root: Path,
+    plan: list[list[str]],
+    fingerprints: list[str],
+    todo: list[int],
+    max_samples: Optional[int],
+    workers: int,
+    frontend: FrontendConfig,
+    bar: tqdm,
+) -> dict[int, dict[str, Any]]:
+    """Decode the files of shards ``todo`` (whose locks the caller holds) and write the shards."""
+    if not todo:
+        return {}
     tasks = [(str(root), source, max_samples) for i in todo for source in plan[i]]
-    bar = tqdm(
-        total=len(sources),
-        initial=len(sources) - len(tasks),
-        unit="file",
-        desc="prepare",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
     results = _imap_results(tasks, workers)
+    records = {}
     try:
         with logging_redirect_tqdm():  # warnings print above the bar, not through it
             for i in todo:
@@ -337,17 +605,191 @@ def prepare(
                     bar.update(1)
                 records[i] = _write_shard(out_dir, i, fingerprints[i], shard_results, frontend)
     finally:
-        bar.close()
         if hasattr(results, "close"):
             results.close()  # shuts the pool down promptly on errors
+    return records
 
-    done = [r for r in records if r is not None]
+
+def _lock_path(out_dir: Path, index: int) -> Path:
+    return out_dir / SHARD_DIR / f"{_shard_name(index)}{LOCK_SUFFIX}"
+
+
+def _reason_counts(entries: Sequence[dict[str, str]]) -> str:
+    counts = Counter(e["reason"] for e in entries)
+    return "; ".join(f"{n} x {reason}" for reason, n in sorted(counts.items()))
+
+
+def prepare(
+    src: os.PathLike[str] | str,
+    out_dir: os.PathLike[str] | str,
+    *,
+    workers: int = 1,
+    clips_per_shard: int = DEFAULT_CLIPS_PER_SHARD,
+    max_seconds_per_clip: Optional[float] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    part: Optional[tuple[int, int]] = None,
+) -> PrepareSummary:
+    """Build (or finish) the shards of ``src`` in ``out_dir`` and write its manifest.
+
+    ``part=(I, N)`` builds only the I-th (1-based) of N contiguous slices of the shard plan and writes
+    no manifest: parts may run at once, on one machine or several sharing ``out_dir``, and shards
+    another job holds the lock of are left to it. Without ``part`` every shard is built or reused and
+    the manifest is written; shards still locked by another job raise :class:`ShardsBusyError` after
+    the free ones are built (and no manifest is written).
+    """
+    if clips_per_shard < 1:
+        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+    if part is not None:
+        _check_part(part)
+    frontend = FrontendConfig()
+    out_dir = Path(out_dir).resolve()
+    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    found = scan_sources(Path(src), exclude=out_dir)
+    sources = found.files
+    if not sources:
+        others = f"; it holds {len(found.left_out)} other files ({_reason_counts(found.left_out)})"
+        raise FileNotFoundError(
+            f"no audio files found in {src} (extensions: {', '.join(AUDIO_EXTENSIONS)})"
+            + (others if found.left_out else "")
+        )
+    if found.left_out:
+        logger.warning(
+            "%d files in %s are not prepared (%s): the manifest's skipped list names them",
+            len(found.left_out),
+            found.root,
+            _reason_counts(found.left_out),
+        )
+    max_samples = (
+        None if max_seconds_per_clip is None else max(1, int(max_seconds_per_clip * frontend.sample_rate))
+    )
+
+    plan = [sources[i : i + clips_per_shard] for i in range(0, len(sources), clips_per_shard)]
+    fingerprints = [_fingerprint(frontend, max_samples, shard) for shard in plan]
+    mine = range(len(plan)) if part is None else part_shards(part, len(plan))
+    if part is not None and not mine:
+        logger.warning(
+            "part %d/%d has no shards: the plan has %d (use at most %d parts)", *part, len(plan), len(plan)
+        )
+    built: list[int] = []
+    records: dict[int, dict[str, Any]] = {}
+    with _Locks() as locks:
+        if part is None:
+            # One job at a time writes the manifest (and may remove its temporaries).
+            manifest_lock = out_dir / f"manifest{LOCK_SUFFIX}"
+            holder = locks.take(manifest_lock)
+            if holder is not None:
+                raise LockError(
+                    f"another prepare without --part is writing {out_dir} ({_describe(holder)}). Let it "
+                    f"finish; if it is not running (it died on another machine), delete {manifest_lock}"
+                )
+            _remove_temporaries(out_dir, MANIFEST_NAME)
+        # The command without --part looks twice at shards another job holds: they may finish meanwhile.
+        busy: dict[int, dict[str, Any]] = {i: {} for i in mine}
+        for attempt in range(1 if part is not None else 2):
+            todo, finished, busy = _claim_shards(locks, out_dir, sorted(busy), fingerprints, overwrite)
+            records.update(finished)
+            if attempt == 0 and finished:
+                logger.info("reusing %d finished shards; building %d", len(finished), len(todo))
+            files = sum(len(plan[i]) for i in mine)
+            with tqdm(
+                total=files,
+                initial=files - sum(len(plan[i]) for i in todo) - sum(len(plan[i]) for i in busy),
+                unit="file",
+                desc="prepare" if part is None else f"prepare {part[0]}/{part[1]}",
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar:
+                records.update(
+                    _build_shards(
+                        out_dir, found.root, plan, fingerprints, todo, max_samples, workers, frontend, bar
+                    )
+                )
+            built += todo
+            if not busy:
+                break
+        reused = sorted(set(records) - set(built))
+        if part is not None:
+            if busy:
+                logger.warning("left %d shards to the jobs holding their locks: %s", len(busy), _held(busy))
+            done = [records[i] for i in mine if i in records]
+            seconds = sum(r["seconds"] for r in done)
+            return PrepareSummary(
+                clips=sum(r["clips"] for r in done),
+                hours=seconds / 3600,
+                shards=len(done),
+                skipped=sum(len(r["skipped"]) for r in done),
+                built_shards=sorted(built),
+                reused_shards=reused,
+                manifest_path=None,
+                ignored=found.ignored,
+                part=part,
+                busy_shards=sorted(busy),
+            )
+        if busy:
+            raise ShardsBusyError(
+                f"{len(busy)} shards of {out_dir} are locked by other prepare jobs, so no manifest was "
+                f"written (the {len(built)} shards built here are kept): {_held(busy)}. Run this command "
+                "again once those jobs have finished. A job that died on another machine leaves its lock: "
+                f"if none is running, delete the lock files ({SHARD_DIR}/shard-NNNNNN{LOCK_SUFFIX}) first."
+            )
+        done = [records[i] for i in range(len(plan))]
+        manifest_path, totals = _write_manifest(
+            out_dir, found, done, frontend, clips_per_shard, max_seconds_per_clip
+        )
+    return PrepareSummary(
+        clips=totals["clips"],
+        hours=totals["hours"],
+        shards=totals["shards"],
+        skipped=totals["skipped"],
+        built_shards=sorted(built),
+        reused_shards=reused,
+        manifest_path=manifest_path,
+        ignored=found.ignored,
+    )
+
+
+def _claim_shards(
+    locks: _Locks, out_dir: Path, indices: list[int], fingerprints: list[str], overwrite: bool
+) -> tuple[list[int], dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Take the locks of shards ``indices``: (to build, finished records, holders of the others)."""
+    todo, finished, busy = [], {}, {}
+    for i in indices:
+        holder = locks.take(_lock_path(out_dir, i))
+        if holder is not None:
+            busy[i] = holder
+            continue
+        # The shard is ours now: any temporaries of it are a killed job's.
+        _remove_temporaries(out_dir / SHARD_DIR, _shard_name(i))
+        record = None if overwrite else _finished_record(out_dir, i, fingerprints[i])
+        if record is None:
+            todo.append(i)
+        else:
+            finished[i] = record
+    return todo, finished, busy
+
+
+def _held(busy: dict[int, dict[str, Any]]) -> str:
+    names = ", ".join(f"{_shard_name(i)} ({_describe(h)})" for i, h in sorted(busy.items())[:5])
+    return names + (f" and {len(busy) - 5} more" if len(busy) > 5 else "")
+
+
+def _write_manifest(
+    out_dir: Path,
+    found: Sources,
+    done: list[dict[str, Any]],
+    frontend: FrontendConfig,
+    clips_per_shard: int,
+    max_seconds_per_clip: Optional[float],
+) -> tuple[Path, dict[str, Any]]:
+    """Write manifest.json from every shard's record; returns (its path, its totals)."""
     stale = sorted(
-        p.name for p in (out_dir / SHARD_DIR).glob("shard-*.json") if p.stem >= _shard_name(len(plan))
+        p.name for p in (out_dir / SHARD_DIR).glob("shard-*.json") if p.stem >= _shard_name(len(done))
     )
     if stale:
         logger.warning("ignoring %d stale shards from an earlier, larger source list", len(stale))
-    skipped = [s for r in done for s in r["skipped"]]
+    # Files that failed to decode (in shard order), then the files the finder left out (in path order).
+    skipped = [s for r in done for s in r["skipped"]] + found.left_out
     seconds = sum(r["seconds"] for r in done)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,
@@ -355,37 +797,39 @@ def prepare(
         "layout": "data (frames, n_mels); index (clips, 2) = [first frame, frame count]",
         "frontend": dataclasses.asdict(frontend),
         "norm": combine_stats(done),
-        "source_root": str(root),
+        "source_root": str(found.root),
         "clips_per_shard": clips_per_shard,
         "max_seconds_per_clip": max_seconds_per_clip,
         "totals": {
-            "files": len(sources),
+            "files": len(found.files) + len(found.left_out),  # = clips + skipped
             "clips": sum(r["clips"] for r in done),
             "frames": sum(r["frames"] for r in done),
             "seconds": seconds,
             "hours": seconds / 3600,
             "shards": len(done),
             "skipped": len(skipped),
+            "ignored": sum(found.ignored.values()),
         },
         "shards": [{k: v for k, v in r.items() if k != "skipped"} for r in done],
         "skipped": skipped,
+        "ignored": found.ignored,
     }
     manifest_path = out_dir / MANIFEST_NAME
     _atomic_write(manifest_path, lambda f: f.write(_dumps(manifest)))
-    return PrepareSummary(
-        clips=manifest["totals"]["clips"],
-        hours=seconds / 3600,
-        shards=len(done),
-        skipped=len(skipped),
-        built_shards=todo,
-        reused_shards=reused,
-        manifest_path=manifest_path,
-    )
+    return manifest_path, manifest["totals"]
 
 
 def _default_workers() -> int:
+    """The CPUs this process may run on (its affinity: what SLURM or taskset grant), else all."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cpus))
+    return max(1, cpus)
+
+
+def _part_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_part(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("--part ", "", 1)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,7 +849,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=_default_workers(),
-        help="decoding processes; 1 decodes in this process (default: min(4, available CPUs) = %(default)s)",
+        help="decoding processes; 1 decodes in this process (default: %(default)s, the CPUs this process "
+        "may run on, os.sched_getaffinity; parts sharing a machine should split them)",
+    )
+    parser.add_argument(
+        "--part",
+        type=_part_arg,
+        default=None,
+        metavar="I/N",
+        help="build only the I-th of N contiguous slices of the shards (1 <= I <= N; e.g. "
+        "--part $SLURM_ARRAY_TASK_ID/N with --array=1-N) and write no manifest: parts may run at once, "
+        "on machines sharing OUT_DIR. Then run the command without --part: it reuses their shards, builds "
+        "any missing, and writes manifest.json",
     )
     parser.add_argument(
         "--clips-per-shard",
@@ -428,10 +883,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SLURM (time limit, scancel) and other schedulers stop jobs with SIGTERM, which by default ends
+    Python on the spot: made an exception, it releases this job's locks as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _sigterm_as_exit():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         summary = prepare(
             Path(args.src).resolve(),
@@ -441,8 +919,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_seconds_per_clip=args.max_seconds_per_clip,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            part=args.part,
         )
-    except (PrepareError, FileNotFoundError) as err:
+    except (PrepareError, LockError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
@@ -455,12 +934,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
+    print(_summary_line(summary))
+    return 0
+
+
+def _summary_line(summary: PrepareSummary) -> str:
+    if summary.part is not None:
+        busy = summary.busy_shards
+        return (
+            f"part {summary.part[0]}/{summary.part[1]}: built {len(summary.built_shards)} shards and reused "
+            f"{len(summary.reused_shards)} ({summary.clips} clips, {summary.hours:.2f} hours; skipped "
+            f"{summary.skipped} files)"
+            + (f"; left {len(busy)} shards to the jobs holding their locks" if busy else "")
+            + f". When every part has finished, run the same command without --part to write {MANIFEST_NAME}."
+        )
+    assert summary.manifest_path is not None
     line = (
         f"prepared {summary.clips} clips ({summary.hours:.2f} hours) in {summary.shards} shards; "
         f"skipped {summary.skipped} files (see {summary.manifest_path.name})"
     )
-    print(line)
-    return 0
+    if summary.ignored:
+        counts = ", ".join(f"{kind}: {n}" for kind, n in summary.ignored.items())
+        line += f"; ignored {sum(summary.ignored.values())} files that are not audio ({counts})"
+    return line
 
 
 if __name__ == "__main__":
