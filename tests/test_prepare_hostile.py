@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from training import file_locks
 from training import prepare as prep
 
 
@@ -194,7 +195,13 @@ def test_invalid_part_values_are_clear_errors(tmp_path, capsys, value, problem):
 
 
 def _lock(path, pid, start, **machine):
-    record = {**prep._this_machine(), "pid": pid, "start": start, "since": "earlier", "token": path.name}
+    record = {
+        **file_locks._this_machine(),
+        "pid": pid,
+        "start": start,
+        "since": "earlier",
+        "token": path.name,
+    }
     path.write_text(json.dumps({**record, **machine}))
     return path.read_text()
 
@@ -209,7 +216,7 @@ def test_stale_locks_and_temporaries_are_cleaned_live_ones_are_left_alone(tmp_pa
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
-        live_start = prep._proc_stat(live.pid)[1]
+        live_start = file_locks._proc_stat(live.pid)[1]
         _lock(shards / "shard-000000.lock", dead.pid, "1")  # a killed job's
         live_lock = _lock(shards / "shard-000001.lock", live.pid, live_start)  # a running job's
         remote_lock = _lock(shards / "shard-000002.lock", 4242, "1", host="another-machine")
@@ -246,17 +253,19 @@ def test_stale_locks_and_temporaries_are_cleaned_live_ones_are_left_alone(tmp_pa
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to tell live processes")
 def test_holder_gone_only_when_provably_dead():
-    machine = prep._this_machine()
-    me = {**machine, "pid": os.getpid(), "start": prep._proc_stat(os.getpid())[1]}
+    machine = file_locks._this_machine()
+    me = {**machine, "pid": os.getpid(), "start": file_locks._proc_stat(os.getpid())[1]}
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert not prep._holder_gone(me, machine)  # alive
-    assert prep._holder_gone({**me, "pid": dead.pid}, machine)  # no such process
-    assert prep._holder_gone({**me, "start": "0"}, machine)  # the pid now belongs to another process
-    assert prep._holder_gone({**me, "pid": dead.pid, "boot": "an earlier boot"}, machine)  # restarted since
-    assert not prep._holder_gone({**me, "pid": dead.pid, "host": "another-machine"}, machine)
-    assert not prep._holder_gone({**me, "pid": dead.pid, "pidns": "pid:[another container]"}, machine)
-    assert not prep._holder_gone({}, machine)  # an empty lock file: being written, or unknown
+    assert not file_locks._holder_gone(me, machine)  # alive
+    assert file_locks._holder_gone({**me, "pid": dead.pid}, machine)  # no such process
+    assert file_locks._holder_gone({**me, "start": "0"}, machine)  # the pid now belongs to another process
+    assert file_locks._holder_gone(
+        {**me, "pid": dead.pid, "boot": "an earlier boot"}, machine
+    )  # restarted since
+    assert not file_locks._holder_gone({**me, "pid": dead.pid, "host": "another-machine"}, machine)
+    assert not file_locks._holder_gone({**me, "pid": dead.pid, "pidns": "pid:[another container]"}, machine)
+    assert not file_locks._holder_gone({}, machine)  # an empty lock file: being written, or unknown
 
 
 def test_a_second_plain_command_is_refused_while_one_runs(tmp_path, capsys):

@@ -21,11 +21,8 @@ import math
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +39,8 @@ from hear_abt.audio import AUDIO_EXTENSIONS, decoded_by_ffmpeg, ffmpeg_decoder_i
 from hear_abt.config import FrontendConfig
 from hear_abt.fileio import DiskFullError, atomic_open, is_disk_full
 from hear_abt.frontend import LogMelFrontend
+
+from .file_locks import LockError, LockSet, describe_holder
 
 logger = logging.getLogger("training.prepare")  # not __main__ under `python -m`
 
@@ -78,10 +77,6 @@ __all__ = [
 
 class PrepareError(ValueError):
     """The corpus cannot give usable normalisation statistics (no frames, constant or non-finite)."""
-
-
-class LockError(RuntimeError):
-    """A lock file prepare needs is held by another job that may be running, or cannot be created."""
 
 
 class ShardsBusyError(LockError):
@@ -214,166 +209,7 @@ def part_shards(part: tuple[int, int], n_shards: int) -> range:
     return range((index - 1) * n_shards // count, index * n_shards // count)
 
 
-# ---------------------------------------------------------------------------------- locking
-#
-# A shard is built only by the job holding its lock file, shards/shard-NNNNNN.lock, created with
-# O_CREAT | O_EXCL (atomic on local filesystems and on NFS v3+, unlike flock on some network
-# filesystems). The file names its holder: host, boot id, pid namespace, pid and the process's start
-# time. A lock is taken over only when its holder is provably gone: same host and pid namespace but
-# no such process (or the pid now belongs to a younger process), or same host name but another boot
-# (the machine restarted). A holder on another machine is never judged: its lock must be removed by
-# hand if that job died. The same holds for manifest.lock, held by the command without --part.
-# Temporaries (hear_abt.fileio names them .shard-NNNNNN.npy.<random>.tmp) belong to the lock's
-# holder, so a job removes a shard's temporaries only after taking its lock: another job's are safe.
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
-    """(state, start time in clock ticks since boot) of a process, from /proc (Linux), else None."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if text is None:
-        return None
-    fields = text.rsplit(")", 1)[-1].split()  # after "pid (comm)", which may hold spaces
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
-def _this_machine() -> dict[str, str]:
-    pidns = ""
-    with contextlib.suppress(OSError):
-        pidns = os.readlink("/proc/self/ns/pid")
-    return {
-        "host": socket.gethostname(),
-        "boot": (_read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
-        "pidns": pidns,
-    }
-
-
-def _new_owner() -> dict[str, Any]:
-    stat = _proc_stat(os.getpid())
-    return {
-        **_this_machine(),
-        "pid": os.getpid(),
-        "start": stat[1] if stat else None,
-        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "token": uuid.uuid4().hex,  # makes every lock's content unique (take-over compares it)
-    }
-
-
-def _read_lock(path: Path) -> Optional[dict[str, Any]]:
-    """The holder a lock file names; None when there is no lock; {} when it is empty or unreadable
-    (being written this instant, or left by a crash: treated as held)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return {}
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _holder_gone(holder: dict[str, Any], machine: dict[str, str]) -> bool:
-    """True only when the lock's holder is certainly no longer running."""
-    if not holder or holder.get("host") != machine["host"]:
-        return False
-    if holder.get("boot") and machine["boot"] and holder["boot"] != machine["boot"]:
-        return True  # this machine has restarted since: every process of that boot is gone
-    if holder.get("pidns") != machine["pidns"]:
-        return False  # another container's pids are not ours to look up
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # it exists (another user's)
-    except OSError:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False
-    state, start = stat
-    return state == "Z" or (holder.get("start") is not None and start != holder["start"])
-
-
-def _describe(holder: Optional[dict[str, Any]]) -> str:
-    if not holder:
-        return "a job whose lock file is empty or unreadable"
-    return f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
-
-
-# A take-over guard lives for microseconds; one older than this was left by a crash.
-_TAKEOVER_GUARD_STALE_S = 600.0
-
-
-def _create_exclusive(path: Path, owner: dict[str, Any]) -> bool:
-    """Create ``path`` holding ``owner``; False if it exists. Other OSErrors become clear errors."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFullError(path, err) from err
-        raise LockError(
-            f"cannot create the lock file {path}: {err.strerror or err}. prepare locks each shard with a "
-            "file created exclusively (O_EXCL): OUT_DIR must be writable, on a filesystem that supports that"
-        ) from err
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(owner))
-    return True
-
-
-def _take_over(path: Path, holder: dict[str, Any], owner: dict[str, Any]) -> None:
-    """Remove the lock of a gone holder, unless another job did so (and took it) first.
-
-    A guard file (created exclusively) makes the check-then-remove one job's at a time, so a lock
-    that a second job has just taken is never removed in its place.
-    """
-    guard = path.with_name(path.name + ".takeover")
-    if not _create_exclusive(guard, owner):
-        with contextlib.suppress(OSError):
-            if time.time() - guard.stat().st_mtime > _TAKEOVER_GUARD_STALE_S:
-                guard.unlink()
-        return
-    try:
-        if _read_lock(path) == holder:
-            path.unlink(missing_ok=True)
-            logger.warning("took over %s from %s: that process is gone", path.name, _describe(holder))
-    finally:
-        guard.unlink(missing_ok=True)
-
-
-def _try_lock(path: Path, owner: dict[str, Any], machine: dict[str, str]) -> Optional[dict[str, Any]]:
-    """Take lock file ``path``: None when taken, else its live (or unjudgeable) holder."""
-    holder: Optional[dict[str, Any]] = {}
-    for _ in range(5):
-        if _create_exclusive(path, owner):
-            return None
-        holder = _read_lock(path)
-        if holder is None:
-            continue  # released meanwhile
-        if not _holder_gone(holder, machine):
-            return holder
-        _take_over(path, holder, owner)
-    return holder or {}
-
-
-def _unlock(path: Path, owner: dict[str, Any]) -> None:
-    if _read_lock(path) == owner:  # never another job's (one that took it over from us)
-        path.unlink(missing_ok=True)
+# ---------------------------------------------------------------------------------- temporaries
 
 
 def _remove_temporaries(folder: Path, name: str) -> None:
@@ -382,30 +218,6 @@ def _remove_temporaries(folder: Path, name: str) -> None:
         for leftover in folder.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-
-
-class _Locks:
-    """The lock files one prepare call holds; all released on exit, also on errors."""
-
-    def __init__(self) -> None:
-        self.machine = _this_machine()
-        self.owner = _new_owner()
-        self.held: list[Path] = []
-
-    def take(self, path: Path) -> Optional[dict[str, Any]]:
-        holder = _try_lock(path, self.owner, self.machine)
-        if holder is None:
-            self.held.append(path)
-        return holder
-
-    def __enter__(self) -> _Locks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for path in reversed(self.held):
-            with contextlib.suppress(OSError):
-                _unlock(path, self.owner)
-        self.held.clear()
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -673,14 +485,14 @@ def prepare(
         )
     built: list[int] = []
     records: dict[int, dict[str, Any]] = {}
-    with _Locks() as locks:
+    with LockSet() as locks:
         if part is None:
             # One job at a time writes the manifest (and may remove its temporaries).
             manifest_lock = out_dir / f"manifest{LOCK_SUFFIX}"
             holder = locks.take(manifest_lock)
             if holder is not None:
                 raise LockError(
-                    f"another prepare without --part is writing {out_dir} ({_describe(holder)}). Let it "
+                    f"another prepare without --part is writing {out_dir} ({describe_holder(holder)}). Let it "
                     f"finish; if it is not running (it died on another machine), delete {manifest_lock}"
                 )
             _remove_temporaries(out_dir, MANIFEST_NAME)
@@ -750,7 +562,7 @@ def prepare(
 
 
 def _claim_shards(
-    locks: _Locks, out_dir: Path, indices: list[int], fingerprints: list[str], overwrite: bool
+    locks: LockSet, out_dir: Path, indices: list[int], fingerprints: list[str], overwrite: bool
 ) -> tuple[list[int], dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
     """Take the locks of shards ``indices``: (to build, finished records, holders of the others)."""
     todo, finished, busy = [], {}, {}
@@ -770,7 +582,7 @@ def _claim_shards(
 
 
 def _held(busy: dict[int, dict[str, Any]]) -> str:
-    names = ", ".join(f"{_shard_name(i)} ({_describe(h)})" for i, h in sorted(busy.items())[:5])
+    names = ", ".join(f"{_shard_name(i)} ({describe_holder(h)})" for i, h in sorted(busy.items())[:5])
     return names + (f" and {len(busy) - 5} more" if len(busy) > 5 else "")
 
 
