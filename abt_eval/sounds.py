@@ -36,6 +36,7 @@ __all__ = [
     "fluidsynth_note",
     "fluidsynth_notes",
     "midi_bytes",
+    "missing_packages",
     "noise",
     "normalise",
     "place",
@@ -55,6 +56,26 @@ NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 
 
 
 # ------------------------------------------------------------------------------------------ plumbing
+
+
+def missing_packages(*files: str) -> list[str]:
+    """The Debian packages of :data:`APT_PACKAGES` (and of ``files``, soundfonts) not installed here.
+
+    ``files`` are paths under /usr/share/sounds named after their package's soundfont; each missing
+    one adds the package that ships it.
+    """
+    import shutil
+
+    programs = {"espeak-ng": "espeak-ng", "sox": "sox", "fluidsynth": "fluidsynth"}
+    missing = [package for program, package in programs.items() if shutil.which(program) is None]
+    if not Path(DEFAULT_SOUNDFONT).is_file():
+        missing.append("fluid-soundfont-gm")
+    by_file = {
+        "TimGM6mb.sf2": "timgm6mb-soundfont",
+        "MuseScore_General_Full.sf3": "musescore-general-soundfont",
+    }
+    missing += [by_file.get(Path(f).name, f) for f in files if not Path(f).is_file()]
+    return missing
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from sounds import needs_sound_programs
 
 from abt_eval import corpus, devsuite, sounds
 from hear_abt.config import SAMPLE_RATE
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(p) for p in ("espeak-ng", "sox", "fluidsynth"))
-    or not all(Path(s).is_file() for s in corpus.SOUNDFONTS),
-    reason="needs espeak-ng, sox, fluidsynth and the timgm6mb + musescore-general soundfonts",
-)
+pytestmark = needs_sound_programs(*corpus.SOUNDFONTS)
 
 HOURS = 0.01  # 4 clips: one block, so one clip of each kind
 

@@ -9,11 +9,13 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from sounds import needs_sound_programs
 
 from abt_eval import devsuite, sounds
 from hear_abt.config import SAMPLE_RATE
 
 SR = SAMPLE_RATE
+pytestmark = needs_sound_programs()
 
 HEAR_METADATA_KEYS = {  # what heareval's embeddings and predictions runners read
     "task_name",
