@@ -29,6 +29,9 @@ from training import pretrain
 from training.config import PRESETS, build_config, parse_value
 from training.linear_eval import HearTask, LinearEvalSettings, evaluate, task_names
 
+from .mdtable import cell, markdown_table
+from .search_args import shared_options
+
 # Fig. A-3: combinations of the audio augmentation blocks (Mixup, RRC, RLF; Gaussian noise; PPN).
 AUGMENT = [
     ("rlf", ["augment.mixup=false", "augment.rrc=false"]),
@@ -182,6 +185,7 @@ def hear_scores(
 ) -> dict[str, dict[str, float]]:
     """Run abt_eval.hear_eval on every variant's checkpoint; ``{variant: {task: score}}``."""
     from abt_eval import hear_eval
+    from abt_eval.hear_scores import collect_scores
 
     hear_out = out / "hear"
     argv = ["--tasks-dir", str(args.hear_tasks), "--out", str(hear_out), "--grid", args.hear_grid]
@@ -189,13 +193,42 @@ def hear_scores(
         argv += ["--model", f"{r['name']}={r['checkpoint']}"]
     hear_eval.main(argv)  # failures are reported there; the pairs that worked are still collected
     tasks = hear_eval.list_tasks(Path(args.hear_tasks))
-    scores = hear_eval.collect_scores(hear_out, [r["name"] for r in results], tasks)
+    scores = collect_scores(hear_out, [r["name"] for r in results], tasks)
     return {m: {t: s.value for t, s in per.items()} for m, per in scores.items()}
 
 
 def write_table(
     out: Path, results: list[dict[str, Any]], hear: dict[str, dict[str, float]] | None
 ) -> list[Path]:
+    """``ablation.md``, ``ablation.csv`` and ``ablation.png``: one row per variant."""
+    header, rows = table_rows(results, hear)
+    eval_tasks = list(results[0].get("tasks", {})) if results else []
+    md = markdown_table(header, [[cell(v) for v in row] for row in rows])
+    md += [
+        "",
+        f"Linear evaluation (training.linear_eval) on the test split of {', '.join(eval_tasks) or 'the task'}"
+        + (" (the mean over them)" if len(eval_tasks) > 1 else "")
+        + f"; {len(results)} variants.",
+    ]
+    paths = [out / "ablation.md", out / "ablation.csv", out / "ablation.png"]
+    atomic_write_text(paths[0], "\n".join(md) + "\n")
+    with atomic_open(paths[1], "w") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([["" if v is None else v for v in row] for row in rows])
+    metric = results[0]["metric"] if results else "score"
+    series = [(f"linear eval ({metric})", [r[2] for r in rows])]
+    if header[-1] == "HEAR average":
+        series.append(("HEAR average", [r[-1] for r in rows]))
+    _plot([r[0] for r in rows], series, paths[2])
+    print("\n".join(md), flush=True)
+    return paths
+
+
+def table_rows(
+    results: list[dict[str, Any]], hear: dict[str, dict[str, float]] | None
+) -> tuple[list[str], list[list[Any]]]:
+    """The table's header and its rows (raw values; None: no value)."""
     tasks = sorted({t for per in (hear or {}).values() for t in per})
     metric = results[0]["metric"] if results else "score"
     header = [
@@ -228,90 +261,60 @@ def write_table(
             vals = [per.get(t) for t in tasks]
             row += vals + [sum(vals) / len(vals) if all(v is not None for v in vals) else None]
         rows.append(row)
+    return header, rows
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    md += [
-        "",
-        f"Linear evaluation (training.linear_eval) on the test split of {', '.join(eval_tasks) or 'the task'}"
-        + (" (the mean over them)" if len(eval_tasks) > 1 else "")
-        + f"; {len(results)} variants.",
-    ]
-    paths = [out / "ablation.md", out / "ablation.csv", out / "ablation.png"]
-    atomic_write_text(paths[0], "\n".join(md) + "\n")
-    with atomic_open(paths[1], "w") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([["" if v is None else v for v in row] for row in rows])
+def _plot(names: list[str], series: list[tuple[str, list[Any]]], path: Path) -> None:
+    """Grouped bars: one group per variant, one bar per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(rows)), 4.0))
-    x = np.arange(len(rows))
-    series = [(f"linear eval ({metric})", [r[2] for r in rows])]
-    if tasks:
-        series.append(("HEAR average", [r[-1] for r in rows]))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(names)), 4.0))
+    x = np.arange(len(names))
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series):
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, [v or 0.0 for v in values], width, label=label)
         for bar, v in zip(bars, values):
             ax.annotate(
-                fmt(v)[:5],
+                cell(v)[:5],
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center",
                 va="bottom",
                 fontsize=7,
             )
     ax.set_xticks(x)
-    ax.set_xticklabels([r[0] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score")
     ax.set_title("ABT ablation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(paths[2], "wb") as f:
+    with atomic_open(path, "wb") as f:
         fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    print("\n".join(md), flush=True)
-    return paths
 
 
 def build_parser() -> argparse.ArgumentParser:
+    shared = shared_options(
+        out_help="output folder (variants/, ablation.md, ablation.csv, ablation.png)",
+        overrides_help="settings shared by every variant",
+    )
     ap = argparse.ArgumentParser(
         prog="python -m abt_eval.ablate",
         description=__doc__.split("\n\n")[0],
         epilog="Details: docs/search.md.",
+        parents=[shared],
     )
-    ap.add_argument("--data", required=True, help="pre-training data (`python -m training.prepare`)")
-    ap.add_argument(
-        "--task",
-        required=True,
-        action="append",
-        help="HEAR scene task for the linear evaluation; repeat it to score the mean over tasks",
-    )
-    ap.add_argument("--out", required=True)
-    ap.add_argument(
-        "--preset", default="fsd50k-ablation", help="base preset (default: fsd50k-ablation, App. C)"
-    )
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="settings shared by every variant")
     ap.add_argument("--set", action="append", help=f"a built-in set: {', '.join(SETS)} (default: augment)")
     ap.add_argument("--variant", action="append", help="'NAME: key=value key=value' (repeatable)")
     ap.add_argument("--grid", action="append", help="KEY=V1,V2,... : one variant per value (repeatable)")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run")
-    ap.add_argument("--eval-max-clips", type=int, default=None)
-    ap.add_argument(
-        "--no-eval-crop", action="store_true", help="embed whole clips (default: crop to crop_frames)"
-    )
     ap.add_argument(
         "--hear-tasks", type=Path, default=None, help="also run abt_eval.hear_eval on these tasks"
     )
     ap.add_argument("--hear-grid", default="faster", choices=("default", "fast", "faster"))
-    ap.add_argument("--device", default=None)
     return ap
 
 

@@ -107,3 +107,16 @@ def test_hear_scores_join_the_table(setup, tmp_path, monkeypatch):
         rows = {r["variant"]: r for r in csv.DictReader(f)}
     assert float(rows["rlf"][f"HEAR {task.name}"]) == pytest.approx(0.7)
     assert float(rows["mixup+rrc+rlf"]["HEAR average"]) == pytest.approx(0.3)
+
+
+def test_sweep_and_ablate_share_their_common_options():
+    from abt_eval import sweep
+    from abt_eval.search_args import shared_options
+
+    common = ["--data", "d", "--task", "t", "--out", "o", "--preset", "cpu-tiny", "lambd=0.01"]
+    common += ["--eval-max-clips", "6", "--no-eval-crop", "--device", "cpu"]
+    a = ablate.build_parser().parse_intermixed_args(common)
+    s = sweep.build_parser().parse_intermixed_args(common)
+    shared = {action.dest for action in shared_options("", "")._actions}
+    assert len(shared) == 8 and all(getattr(a, k) == getattr(s, k) for k in shared)
+    assert a.overrides == ["lambd=0.01"] and a.task == ["t"] and a.no_eval_crop

@@ -1,4 +1,5 @@
-"""abt_eval.hear_eval: score collection, the results table, resume and the random-init baseline.
+"""abt_eval.hear_eval (and hear_scores, hear_report): score collection, the results table, resume and the
+random-init baseline.
 
 heareval itself is not run here (a real run takes about a minute per (model, task) pair): the subprocess
 runner is replaced by a fake that writes what heareval writes, shaped as heareval 2021.1.3 writes it
@@ -19,19 +20,19 @@ import pytest
 import torch
 
 from abt_eval import hear_eval, hear_tools
-from abt_eval.hear_eval import (
+from abt_eval.hear_report import results_table, write_outputs
+from abt_eval.hear_scores import (
     EvalError,
     TaskScore,
     collect_scores,
     pct_vs_random,
     primary_metric,
     read_primary_score,
-    results_table,
-    write_outputs,
 )
 from hear_abt.config import ModelConfig, NormStats
 from hear_abt.embedder import ABTEmbedder
-from hear_abt.weights import WEIGHTS_ENV, load_checkpoint, save_pretrained
+from hear_abt.weights import WEIGHTS_ENV, save_pretrained
+from hear_abt.weights import load_weights as load_checkpoint
 
 HPARAMS = {
     "batch_size": 1024,
@@ -497,6 +498,24 @@ def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
     other = load_checkpoint(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand3", seed=1))
     assert all(torch.equal(rnd.state_dict[k], again.state_dict[k]) for k in weights)
     assert not torch.equal(rnd.state_dict[weights[0]], other.state_dict[weights[0]])
+
+
+def test_random_baseline_folder_is_reused_for_the_same_config(tmp_path, tiny_model, monkeypatch):
+    from hear_abt import weights
+
+    saves = []
+    real_save = weights.save_pretrained
+    monkeypatch.setattr(weights, "save_pretrained", lambda *a, **k: saves.append(a[0]) or real_save(*a, **k))
+    folder = hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=0)
+    before = (folder / "model.safetensors").stat()
+    assert len(saves) == 1
+    # The same source and seed: the folder holds exactly this baseline, nothing is rewritten.
+    assert hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=0) == folder
+    after = (folder / "model.safetensors").stat()
+    assert len(saves) == 1 and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Another seed is another baseline: rebuilt in place.
+    hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=1)
+    assert len(saves) == 2 and load_checkpoint(folder).config.provenance["random_init"]["seed"] == 1
 
 
 # ---- one real run ----------------------------------------------------------------------------------

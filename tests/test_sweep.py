@@ -1,4 +1,4 @@
-"""abt_eval.sweep: search spaces, a 2-trial study with pruning, failures recorded, and kill + resume.
+"""abt_eval.sweep (and sweep_space, sweep_report): search spaces, a 2-trial study with pruning, failures recorded, and kill + resume.
 
 Tiny everything: 30 generated 2 s clips prepared with training.prepare, an 8-channel AudioNTT, a few
 steps per trial, a tone task of 24 clips (``test_linear_eval.write_tone_task``).
@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 from test_linear_eval import write_tone_task
 
-from abt_eval import sweep
+from abt_eval import sweep, sweep_report, sweep_space
 from training import prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,42 +70,42 @@ def load(out, name="abt-sweep"):
 
 
 def test_space_specs_and_presets(tmp_path):
-    p = sweep.parse_spec("lr_weights", "log:1e-3:1")
+    p = sweep_space.parse_spec("lr_weights", "log:1e-3:1")
     assert (p.kind, p.low, p.high) == ("log", 1e-3, 1.0)
-    assert sweep.parse_spec("optimizer", "cat:lars,adamw").choices == ("lars", "adamw")
-    assert sweep.parse_spec("augment.mixup", "cat:true,false").choices == (True, False)
-    assert sweep.parse_spec("batch_size", "int:16:64:16").step == 16
+    assert sweep_space.parse_spec("optimizer", "cat:lars,adamw").choices == ("lars", "adamw")
+    assert sweep_space.parse_spec("augment.mixup", "cat:true,false").choices == (True, False)
+    assert sweep_space.parse_spec("batch_size", "int:16:64:16").step == 16
     for bad in ("log:0:1", "float:1:0", "log:a:b", "beta:0:1", "cat:"):
-        with pytest.raises(sweep.SweepError):
-            sweep.parse_spec("x", bad)
-    params, fixed = sweep.build_space("paper-lars", ["lr_biases=log:1e-5:1e-3"], None)
+        with pytest.raises(sweep_space.SweepError):
+            sweep_space.parse_spec("x", bad)
+    params, fixed = sweep_space.build_space("paper-lars", ["lr_biases=log:1e-5:1e-3"], None)
     assert {p.name: (p.low, p.high) for p in params} == {
         "lr_weights": (1e-3, 1.0),
         "lr_biases": (1e-5, 1e-3),
         "weight_decay": (1e-8, 1e-4),
     }
     assert fixed == {"optimizer": "lars"}
-    params, fixed = sweep.build_space("paper-adamw", [], None)
+    params, fixed = sweep_space.build_space("paper-adamw", [], None)
     assert fixed["optimizer"] == "adamw" and {p.name for p in params} == {"lr_weights", "weight_decay"}
     for preset, optimizer in (("paper-adam", "adam"), ("paper-sgd", "sgd")):
-        params, fixed = sweep.build_space(preset, [], None)
+        params, fixed = sweep_space.build_space(preset, [], None)
         assert fixed["optimizer"] == optimizer
         assert {p.name: (p.kind, p.low, p.high) for p in params} == {
             "lr_weights": ("log", 1e-6, 1e-2),
             "weight_decay": ("log", 1e-3, 1.0),
         }
-        cfg = sweep.trial_config(
+        cfg = sweep_space.trial_config(
             "cpu-tiny", [f"optimizer={optimizer}"], {"lr_weights": 1e-4, "weight_decay": 0.1}
         )
         assert (cfg.optimizer, cfg.lr_weights, cfg.weight_decay) == (optimizer, 1e-4, 0.1)
     space_file = tmp_path / "space.yaml"
     space_file.write_text("space:\n  augment.mixup_ratio: float:0:0.5\nfixed:\n  optimizer: adamw\n")
-    params, fixed = sweep.build_space(None, [], space_file)
+    params, fixed = sweep_space.build_space(None, [], space_file)
     assert params[0].name == "augment.mixup_ratio" and fixed == {"optimizer": "adamw"}
-    cfg = sweep.trial_config("cpu-tiny", [], {"augment.mixup_ratio": 0.3, "optimizer": "adamw"})
+    cfg = sweep_space.trial_config("cpu-tiny", [], {"augment.mixup_ratio": 0.3, "optimizer": "adamw"})
     assert cfg.augment.mixup_ratio == 0.3 and cfg.optimizer == "adamw"
     assert sweep.make_sampler("tpe", 0, 3)._n_startup_trials == 3
-    with pytest.raises(sweep.SweepError, match="startup-trials"):
+    with pytest.raises(sweep_space.SweepError, match="startup-trials"):
         sweep.make_sampler("tpe", 0, 0)
     assert sweep.report_steps(10, 4, "epoch", 1) == [4, 8, 10]
     assert sweep.report_steps(10, 4, "steps", 3) == [3, 6, 9, 10]
@@ -159,8 +159,8 @@ def test_a_sweep_over_the_papers_sgd_space_trains(setup, tmp_path):
 
 
 def test_enqueued_trials_must_be_points_of_the_space():
-    params, _ = sweep.build_space(None, ["lr_weights=log:1e-2:1", "optimizer=cat:lars,adamw"], None)
-    assert sweep.parse_enqueue("lr_weights=0.4 optimizer=adamw", params) == {
+    params, _ = sweep_space.build_space(None, ["lr_weights=log:1e-2:1", "optimizer=cat:lars,adamw"], None)
+    assert sweep_space.parse_enqueue("lr_weights=0.4 optimizer=adamw", params) == {
         "lr_weights": 0.4,
         "optimizer": "adamw",
     }
@@ -170,8 +170,8 @@ def test_enqueued_trials_must_be_points_of_the_space():
         ("lr_weights=0.4", "no value"),
         ("lr_weights=0.4 optimizer=lars lambd=0.1", "KEY one of"),
     ]:
-        with pytest.raises(sweep.SweepError, match=why):
-            sweep.parse_enqueue(bad, params)
+        with pytest.raises(sweep_space.SweepError, match=why):
+            sweep_space.parse_enqueue(bad, params)
 
 
 def test_hyperband_study_writes_db_importances_and_plots(setup, tmp_path):
@@ -211,7 +211,7 @@ def test_report_has_fanova_importances_and_plots(tmp_path):
                 intermediate_values={1: float(np.log10(lr)) - 0.1, 2: float(np.log10(lr))},
             )
         )
-    paths = sweep.write_report(study, tmp_path)
+    paths = sweep_report.write_report(study, tmp_path)
     imp = json.loads(paths["importances"].read_text())["fanova"]
     assert imp["lr_weights"] > 0.8 > imp["weight_decay"]
     for name in ("history", "importances", "parallel_coordinate", "slice", "intermediate_values"):

@@ -60,32 +60,27 @@ def accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Average precision of one class: sum over distinct thresholds of (R_k - R_{k-1}) * P_k.
-
-    Tied scores form one threshold (as sklearn's ``average_precision_score``); NaN without positives.
-    """
+    """Average precision of one class: scikit-learn's ``average_precision_score`` (tied scores form one
+    threshold); NaN without positives (where scikit-learn answers 0 with a warning)."""
     positives = np.asarray(positives).astype(bool)
-    n_pos = int(positives.sum())
-    if n_pos == 0:
+    if not positives.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    s, p = np.asarray(scores, dtype=np.float64)[order], positives[order]
-    tp = np.cumsum(p)
-    fp = np.cumsum(~p)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each run of equal scores
-    tp, fp = tp[last], fp[last]
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(positives, np.asarray(scores, dtype=np.float64)))
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """Macro mAP of (N, C) scores against (N, C) 0/1 targets, over the classes with a positive."""
-    aps = [average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
-    aps = [a for a in aps if not math.isnan(a)]
-    if not aps:
+    keep = np.asarray(targets).astype(bool).any(axis=0)
+    if not keep.any():
         raise ValueError("mAP: no class has a positive example in this split")
-    return float(np.mean(aps))
+    from sklearn.metrics import average_precision_score
+
+    # One call for all classes (the per-class checks once): the macro mean of average_precision.
+    kept_targets = np.asarray(targets)[:, keep].astype(bool)
+    kept_scores = np.asarray(scores, dtype=np.float64)[:, keep]
+    return float(average_precision_score(kept_targets, kept_scores, average="macro"))
 
 
 METRICS = {"multiclass": ("accuracy", accuracy), "multilabel": ("mAP", mean_average_precision)}
@@ -357,11 +352,17 @@ def _fit(tx, vx, ex, ty, vy, ey, kind: str, n_classes: int, s: LinearEvalSetting
             loss_fn(clf(x_t[ids]), y_t[ids]).backward()
             opt.step()
         logits = predict(vx_t)
-        score = metric(logits, vy)
-        # Early stopping on the validation loss (smooth) or score (coarse: accuracy plateaus).
+        # Early stopping on the validation loss (smooth) or score (coarse: accuracy plateaus); on the loss,
+        # the score is only needed for a new best epoch.
+        score = None if s.stop_on == "loss" else metric(logits, vy)
         value = float(loss_fn(torch.from_numpy(logits), vy_t)) if s.stop_on == "loss" else -score
         if value < best:
-            best, best_score, best_epoch, wait = value, score, epoch, 0
+            best, best_score, best_epoch, wait = (
+                value,
+                metric(logits, vy) if score is None else score,
+                epoch,
+                0,
+            )
             best_state = {k: v.clone() for k, v in clf.state_dict().items()}
         else:
             wait += 1

@@ -1,0 +1,146 @@
+"""What ``abt_eval.sweep`` writes about a study: ``trials.csv``, ``importances.json`` (fANOVA over the
+completed trials), ``best.json``, ``summary.md`` and Optuna's plots as PNG files (docs/search.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hear_abt.fileio import atomic_write_text
+
+from .mdtable import cell, markdown_table
+
+
+def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
+    """trials.csv, importances.json (fANOVA over the completed trials), best.json, summary.md, plots."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    paths = {"csv": out / "trials.csv", "md": out / "summary.md"}
+    write_trials_csv(trials, names, paths["csv"])
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    importances, note = fanova_importances(study, len(complete), seed)
+    paths["importances"] = out / "importances.json"
+    atomic_write_text(
+        paths["importances"], json.dumps({"fanova": importances, "note": note}, indent=2) + "\n"
+    )
+    best = None
+    if complete:
+        b = study.best_trial
+        best = {
+            "number": b.number,
+            "value": b.value,
+            "params": b.params,
+            "seconds": b.user_attrs.get("seconds"),
+        }
+        paths["best"] = out / "best.json"
+        atomic_write_text(paths["best"], json.dumps(best, indent=2) + "\n")
+    plots = save_plots(study, out / "plots", importances_ok=bool(importances))
+    states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    lines = [
+        f"# Sweep {study.study_name}",
+        "",
+        "Trials: " + ", ".join(f"{k.lower()} {v}" for k, v in states.items() if v),
+        "",
+        f"Best: trial {best['number']}, score {best['value']:.4f}, {best['params']}"
+        if best
+        else "Best: none yet",
+        "",
+        *trials_table(trials, names),
+        "",
+        "fANOVA importances: " + (", ".join(f"{k} {v:.2f}" for k, v in importances.items()) or note),
+        "",
+        "Plots: " + ", ".join(p.name for p in plots),
+    ]
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return paths
+
+
+def write_trials_csv(trials, names: list[str], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "value", *names, "reports", "seconds", "error"])
+        for t in trials:
+            w.writerow(
+                [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}"]
+                + [t.params.get(n, "") for n in names]
+                + [len(t.intermediate_values), t.user_attrs.get("seconds", ""), t.user_attrs.get("error", "")]
+            )
+
+
+def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, float], str]:
+    """fANOVA importance of each searched setting, or ``({}, why not)``."""
+    import optuna
+
+    if n_complete < 2:
+        return {}, f"fANOVA importances need >= 2 completed (unpruned) trials; the study has {n_complete}"
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
+    except (RuntimeError, ValueError) as err:
+        return {}, f"fANOVA importances not computed: {err}"
+
+
+def trials_table(trials, names: list[str]) -> list[str]:
+    """The markdown table of ``summary.md``: one row per trial."""
+    header = ["trial", "state", "score", *names, "per task (last report)", "reports", "s", "error"]
+    rows = []
+    for t in trials:
+        last_tasks = (t.user_attrs.get("task_scores") or [{}])[-1]
+        rows.append(
+            [str(t.number), t.state.name, cell(t.value, ".4f")]
+            + [cell(t.params.get(n), ".3g", missing="") for n in names]
+            + [
+                ", ".join(f"{k} {v:.3f}" for k, v in last_tasks.items()) or "-",
+                str(len(t.intermediate_values)),
+                str(t.user_attrs.get("seconds", "")),
+                str(t.user_attrs.get("error", ""))[:80],
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def save_plots(study, folder: Path, importances_ok: bool) -> list[Path]:
+    """Optuna's matplotlib plots as PNG files (those the study has enough trials for)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna
+    from optuna.visualization import matplotlib as vis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Callable[[], Any]] = {
+        "history": lambda: vis.plot_optimization_history(study),
+        "intermediate_values": lambda: vis.plot_intermediate_values(study),
+        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study),
+        "slice": lambda: vis.plot_slice(study),
+    }
+    if importances_ok:
+        plots["importances"] = lambda: vis.plot_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    written = []
+    for name, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = make()
+            fig = np.atleast_1d(ax).ravel()[0].figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 6.0), max(fig.get_size_inches()[1], 4.0))
+            path = folder / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            written.append(path)
+        except Exception as err:  # a plot that needs more trials than there are: skip it, say so
+            print(f"plot {name} skipped: {type(err).__name__}: {err}", file=sys.stderr)
+            plt.close("all")
+    return written
