@@ -5,7 +5,7 @@ Local Hugging Face Hub (see ``tests/hub_server.py``):
 ``hub_server``
     A started :class:`hub_server.LocalHub` on 127.0.0.1 serving ``tmp_path/hub`` (``.url``, ``.root``,
     ``.add_file(repo_id, revision, filename, data)``, ``.requests`` (Counter by method), ``.count(method,
-    contains)``, ``.commit(repo_id, revision)``, ``.corrupt(...)``, ``.stop()``/``.start()``). Stopped at
+    contains)``, ``.commit(repo_id, revision)``, ``.corrupt(...)``, ``.stop()``/``.stall()``/``.outage(status)``/``.start()``). Stopped at
     teardown. It does NOT point huggingface_hub at itself: use ``hf_hub_env`` for that.
 
 ``hf_hub_env``
@@ -29,6 +29,8 @@ Local Hugging Face Hub (see ``tests/hub_server.py``):
     * the retry sleeps of ``huggingface_hub.utils._http`` (back-off 1+2+4+8+8 s when a download fails
       with an empty cache) and ``huggingface_hub.file_download`` (1 s per resumed download) are made instant, so tests of "server down" take milliseconds; the retries
       themselves still happen and are still counted by the server.
+      ``real_backoff`` (requested after ``hf_hub_env``) puts the real sleeps back, for tests that time
+      what a user would wait.
 
     All undone by monkeypatch at teardown. ``set_offline(True)`` sets ``HF_HUB_OFFLINE=1`` both ways
     (``constants.HF_HUB_OFFLINE`` is what ``huggingface_hub.is_offline_mode()`` returns).
@@ -123,3 +125,14 @@ def hf_hub_env(hub_server, tmp_path_factory, monkeypatch):
     monkeypatch.setattr(file_download, "time", fast_time)
 
     yield HubEnv(server=hub_server, endpoint=endpoint, home=home, cache_dir=cache, _monkeypatch=monkeypatch)
+
+
+@pytest.fixture
+def real_backoff(hf_hub_env, monkeypatch):
+    """``hf_hub_env`` with huggingface_hub's real retry sleeps: for tests that time what a user waits."""
+    from huggingface_hub import file_download
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", time)
+    monkeypatch.setattr(file_download, "time", time)
+    return hf_hub_env

@@ -17,8 +17,9 @@ It serves files from a folder laid out as ``<root>/<org>/<name>/<revision>/<file
 
 A revision may be named by its branch/tag name (the folder name) or by its commit id.
 
-For fault injection it can be stopped (``stop()``: connections are refused) and restarted on the same
-port (``start()``), and a file can be served corrupted (``corrupt(...)``): ``"flip"`` changes bytes but
+For fault injection it can be stopped (``stop()``: connections are refused), stalled (``stall()``:
+connections are accepted but never answered), made to answer every request with an HTTP error
+(``outage(503)``; ``outage(None)`` ends it) and restarted on the same port (``start()``), and a file can be served corrupted (``corrupt(...)``): ``"flip"`` changes bytes but
 keeps the size and the advertised ETag (what a bad mirror or disk does; huggingface_hub caches it without
 complaint), ``"truncate"`` sends a shorter body than the HEAD advertised (huggingface_hub raises its
 "Consistency check failed" error), ``"cut"`` advertises the full length in the GET too but closes the
@@ -104,6 +105,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self):
         path = urlsplit(self.path).path
         self.hub._record(self.command, self.path)
+        if self.hub.outage_status is not None:
+            return self._error(self.hub.outage_status, None, "Service Unavailable (local hub outage)")
         parts = [unquote(p) for p in path.strip("/").split("/")]
         try:
             if len(parts) >= 5 and parts[2] == "resolve":
@@ -231,6 +234,8 @@ class LocalHub:
         self._conns: set[socket.socket] = set()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stalled: socket.socket | None = None
+        self.outage_status: int | None = None  # see outage()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -242,9 +247,10 @@ class LocalHub:
         return self._httpd is not None
 
     def start(self) -> LocalHub:
-        """Start serving (again, on the same port after ``stop()``)."""
+        """Start serving (again, on the same port after ``stop()`` or ``stall()``)."""
         if self._httpd is not None:
             return self
+        self._close_stalled()
         self._httpd = _Server(("127.0.0.1", self.port), _Handler)
         self._httpd.hub = self  # type: ignore[attr-defined]
         self.port = self._httpd.server_address[1]
@@ -254,6 +260,7 @@ class LocalHub:
 
     def stop(self) -> None:
         """Take the server down: new connections are refused until ``start()``."""
+        self._close_stalled()
         if self._httpd is None:
             return
         self._httpd.shutdown()
@@ -269,6 +276,27 @@ class LocalHub:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._httpd = self._thread = None
+
+    def stall(self) -> None:
+        """A hung Hub: connections to the port are accepted but never answered, until ``start()``/``stop()``.
+
+        Clients wait for their read timeout (what a black-holed or overloaded server costs them).
+        """
+        self.stop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)  # the kernel completes the handshakes; nobody ever reads
+        self._stalled = sock
+
+    def outage(self, status: int | None = 503) -> None:
+        """Answer every request with HTTP ``status`` (a Hub that is up but failing); None ends it."""
+        self.outage_status = status
+
+    def _close_stalled(self) -> None:
+        if self._stalled is not None:
+            self._stalled.close()
+            self._stalled = None
 
     def __enter__(self) -> LocalHub:
         return self.start()

@@ -1,5 +1,7 @@
 """Weights from the Hub through the real huggingface_hub code, against the local stand-in."""
 
+import time
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ BAD_HUB_IDS = [
     ("abt-test/tiny vit", "character(s) ' ' that the Hub does not allow"),
     ("abt-test/tiny-vit@v1;rm", "character(s) ';'"),
     ("abt-test/t\u00efny", "that the Hub does not allow"),
-    ("abt-test/tiny--vit", "'..' or '--'"),
+    ("abt-test/tiny--vit", "-- or .."),  # huggingface_hub.utils.validate_repo_id's words
     ("abt-test/a/b", "exactly one '/'"),
 ]
 
@@ -150,10 +152,10 @@ def test_malformed_hub_ids_are_refused_before_any_request(published, text, probl
     ],
 )
 def test_load_hub_itself_validates_before_any_request(published, repo_id, revision, problem):
-    from hear_abt.weights import _load_hub
+    from hear_abt.hub import load_hub
 
     with pytest.raises(WeightsError, match="invalid Hub id") as err:
-        _load_hub(repo_id, revision, "test")
+        load_hub(repo_id, revision, "test")
     assert problem in str(err.value)
     assert sum(published.server.requests.values()) == 0
 
@@ -184,3 +186,77 @@ def test_broken_symlink_or_loop_is_a_local_error_never_a_hub_request(published, 
     assert sum(published.server.requests.values()) == 0
     # Hub-shaped text with nothing on disk does go to the Hub.
     assert hear_abt.load_model(f"{REPO}@v1").config == CONFIG
+
+
+# ------------------------------------------------------------------ an unreachable Hub, with real back-off
+
+# huggingface_hub retries a failed metadata request of a file it has not cached 5 times with back-off
+# (1+2+4+8+8 s; 60 s timeout each): a refused connection took ~24 s to report, a hung Hub minutes.
+FAST = 8.0
+
+
+def _timed_load(source):
+    """(model or None, WeightsError or None, seconds taken)."""
+    start = time.perf_counter()
+    try:
+        model, err = hear_abt.load_model(source), None
+    except WeightsError as error:
+        model, err = None, error
+    return model, err, time.perf_counter() - start
+
+
+def test_refused_connection_is_reported_within_seconds(published, real_backoff):
+    published.server.stop()
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert model is None and seconds < FAST, seconds
+    message = str(err)
+    assert f"the Hub at {published.endpoint} cannot be reached" in message
+    assert "not in the local cache" in message and WEIGHTS_ENV in message
+
+
+def test_hung_hub_is_reported_after_one_metadata_timeout(published, real_backoff, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)  # the library's knob for metadata requests
+    published.server.stall()
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert model is None and seconds < FAST, seconds
+    assert "cannot be reached" in str(err) and "not in the local cache" in str(err)
+
+
+def test_cached_model_loads_within_seconds_with_the_hub_down_or_hung(published, real_backoff, monkeypatch):
+    from huggingface_hub import constants
+
+    hear_abt.load_model(f"{REPO}@v1")  # now in the cache
+    published.server.stop()
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert err is None and model.config == CONFIG and seconds < FAST, seconds
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    published.server.stall()
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert err is None and model.config == CONFIG and seconds < FAST, seconds
+    published.server.start()  # back up: asked again, nothing downloaded twice
+    assert hear_abt.load_model(f"{REPO}@v1").config == CONFIG
+    assert published.server.count("GET", WEIGHTS_NAME) == 1
+
+
+def test_hub_answering_server_errors_is_reported_within_seconds_and_the_cache_still_serves(
+    published, real_backoff
+):
+    published.server.outage(503)
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert model is None and seconds < FAST, seconds
+    assert "cannot be reached" in str(err) and "503" in str(err)
+    published.server.outage(None)
+    hear_abt.load_model(f"{REPO}@v1")  # now in the cache
+    published.server.outage(503)
+    model, err, seconds = _timed_load(f"{REPO}@v1")
+    assert err is None and model.config == CONFIG and seconds < FAST, seconds
+
+
+def test_cached_commit_loads_without_any_request(published):
+    commit = published.server.commit(REPO, "v1")
+    hear_abt.load_model(f"{REPO}@{commit}")
+    n = len(published.server.log)
+    assert hear_abt.load_model(f"{REPO}@{commit}").config == CONFIG
+    assert len(published.server.log) == n

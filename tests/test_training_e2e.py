@@ -1,4 +1,4 @@
-"""End to end on the CPU: prepare real speech and tones, pre-train cpu-tiny, loss goes down, a
+"""End to end on the CPU: prepare varied numpy-made sounds, pre-train cpu-tiny, loss goes down, a
 SIGKILLed run resumes to identical weights, NaN stops cleanly, export loads through hear_abt."""
 
 import os
@@ -10,38 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import signals
 import soundfile as sf
 import torch
 
 import hear_abt
 from training import engine, export, prepare, pretrain
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_training_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = ["hello", "water", "seven", "yellow", "music", "bird", "table", "window", "river", "quick"]
-VOICES = ["en", "en+f3", "en-us+m3", "de"]
 TRAIN = ["--preset", "cpu-tiny", "batch_size=16", "log_every=1"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """40 espeak-ng utterances + 16 tone/noise clips, prepared into shards."""
+    """56 clips of seven kinds of numpy-made sound (vowel-like pulses through formants, notes, chords,
+    chirps, clicks, noise), 0.5-3 s long, prepared into shards: no system program needed."""
     root = tmp_path_factory.mktemp("corpus")
-    audio = root / "audio"
-    audio.mkdir()
-    for w in WORDS:
-        for v in VOICES:
-            subprocess.run(["espeak-ng", "-v", v, "-w", str(audio / f"{w}_{v}.wav"), f"{w}, {w}"], check=True)
+    (root / "audio").mkdir()
     rng = np.random.default_rng(0)
-    t = np.arange(32000) / 16000
-    for i in range(16):
-        wave = (
-            np.sin(2 * np.pi * 110 * 2 ** (i / 4) * t)
-            if i % 2
-            else rng.standard_normal(t.size) * np.exp(-3 * t)
-        )
-        sf.write(audio / f"synth_{i}.wav", (0.3 * wave).astype(np.float32), 16000)
-    prepare.main([str(audio), str(root / "data"), "--workers", "1", "--no-progress"])
+    for i in range(56):
+        kind = signals.KINDS[i % len(signals.KINDS)]
+        wave = signals.make_signal(kind, float(rng.uniform(0.5, 3.0)), rng)
+        sf.write(root / "audio" / f"{kind}_{i:02d}.wav", wave, 16000)
+    prepare.main([str(root / "audio"), str(root / "data"), "--workers", "1", "--no-progress"])
     return root / "data"
 
 
@@ -72,7 +64,7 @@ def test_loss_goes_down_and_outputs_are_written(corpus, tmp_path):
     assert (tmp_path / "run" / "images" / "loss_curve.png").stat().st_size > 1000
     assert list((tmp_path / "run" / "images").glob("crosscorr_step*.png"))
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
-    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    state = load_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 60  # a checkpoint is written at the end whatever checkpoint_every says
 
 
@@ -101,12 +93,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    interrupted_at = load_checkpoint(ckpt)["step"]
+    interrupted_at = load_training_checkpoint(ckpt)["step"]
     assert interrupted_at < steps, "the run finished before it could be killed"
 
     assert pretrain.main(["--run-dir", str(killed), "--resume", "--no-progress"]) == 0
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(ckpt)
+    a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_training_checkpoint(ckpt)
     assert a["step"] == b["step"] == steps
     for part in ("encoder", "projector"):
         for key in a[part]:
@@ -155,8 +147,8 @@ def test_resume_restores_the_streams_after_set_up_that_draws_from_them(corpus, t
     shutil.copytree(straight, resumed)
     shutil.copyfile(tmp_path / "step4.pt", resumed / "checkpoints" / "last.pt")  # as if killed after step 4
     assert pretrain.main(["--run-dir", str(resumed), "--resume", "--no-progress"]) == 0
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    a = load_training_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_training_checkpoint(resumed / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 8
     for part in ("encoder", "projector", "optimizer", "ranks"):
         assert_same_tree(a[part], b[part], part)
@@ -177,7 +169,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(corpus, tmp_path, monke
     assert run(corpus, tmp_path / "run", "checkpoint_every=4") == 3
     err = capsys.readouterr().err
     assert "loss is nan at step 10" in err and "last good checkpoint" in err and "step 8) is intact" in err
-    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    state = load_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 8 and all(torch.isfinite(t).all() for t in state["encoder"].values())
 
     # NaN before any checkpoint exists: the message says so instead of naming a checkpoint.
@@ -227,7 +219,7 @@ def test_small_data_says_how_to_fit_a_batch(corpus, tmp_path):
 def test_run_length_is_the_steps_setting_not_an_epoch_cap(corpus, tmp_path):
     # 56 clips at batch 16 are 3 steps per epoch: 10 steps run into the fourth epoch.
     assert run(corpus, tmp_path / "run", "checkpoint_every=1000", steps=10) == 0
-    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    state = load_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == state["total_steps"] == 10
     assert state["ranks"][0]["sampler"]["epoch"] == 3 and state["ranks"][0]["sampler"]["batch"] == 1
 
@@ -267,7 +259,7 @@ def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, 
     assert rows[0] == "step,task,score" and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
     scores = [float(r.split(",")[2]) for r in rows[1:]]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    best = load_training_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["best_probe"] == max(scores) and best["step"] == 5 + 5 * int(scores[1] > scores[0])
 
 
@@ -291,7 +283,7 @@ def test_vit_preset_trains_with_adamw_and_view_masking(corpus, tmp_path):
         "log_every=1",
     ]
     assert pretrain.main(args) == 0
-    state = load_checkpoint(tmp_path / "vit" / "checkpoints" / "last.pt")
+    state = load_training_checkpoint(tmp_path / "vit" / "checkpoints" / "last.pt")
     assert state["train_config"]["optimizer"] == "adamw" and state["step"] == 3
     assert np.isfinite(losses(tmp_path / "vit")).all()
     with pytest.raises(SystemExit, match="crop_frames=160"):
@@ -410,7 +402,7 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
     while processes_running(str(killed)) and time.time() < deadline:
         time.sleep(0.05)
     assert not processes_running(str(killed)), "a rank survived the kill"
-    interrupted_at = load_checkpoint(ckpt)["step"]
+    interrupted_at = load_training_checkpoint(ckpt)["step"]
     assert interrupted_at < steps, "the run finished before it could be killed"
 
     resumed = subprocess.run(
@@ -424,8 +416,8 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     logged = [int(r.split(",")[0]) for r in (killed / "metrics.csv").read_text().splitlines()[1:]]
     assert logged == list(range(1, steps + 1))  # each step once: the redone ones replaced
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(ckpt)
+    a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_training_checkpoint(ckpt)
     assert a["step"] == b["step"] == steps and a["world_size"] == b["world_size"] == 2
     for part in ("encoder", "projector", "optimizer", "scaler"):
         assert_same_tree(a[part], b[part], part)
@@ -478,15 +470,15 @@ def test_sigterm_stops_after_a_step_with_its_checkpoint_and_the_same_command_con
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-3000:]
-    at = load_checkpoint(stopped / "checkpoints" / "last.pt")["step"]
+    at = load_training_checkpoint(stopped / "checkpoints" / "last.pt")["step"]
     assert 5 <= at < steps
     assert f"stopped by SIGTERM after step {at} of {steps}" in err and "--auto-resume" in err
     assert rows_logged(stopped) == at  # it stopped at the end of the step it checkpointed
 
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_training_checkpoint(stopped / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == steps
     for part in ("encoder", "projector", "optimizer", "ranks"):
         assert_same_tree(a[part], b[part], f"{part} (stopped at step {at})")
@@ -535,7 +527,7 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command
     _, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "exitcode  : 75" in err, err[-3000:]  # torchrun reports each rank's 75
     assert not processes_running(str(stopped)), "a rank outlived the stop"
-    saved = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    saved = load_training_checkpoint(stopped / "checkpoints" / "last.pt")
     at = saved["step"]
     assert 4 <= at < steps and f"stopped by SIGTERM after step {at} of {steps}" in err
     assert [r["sampler"]["batch"] + r["sampler"]["epoch"] * 3 for r in saved["ranks"]] == [at % 1000] * 2
@@ -544,8 +536,8 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command
         cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_training_checkpoint(stopped / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == steps
     for part in ("encoder", "projector", "optimizer", "scaler", "ranks"):
         assert_same_tree(a[part], b[part], f"{part} (stopped at step {at})")

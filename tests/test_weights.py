@@ -17,7 +17,7 @@ from hear_abt.weights import (
     WEIGHTS_ENV,
     WEIGHTS_NAME,
     WeightsError,
-    load_checkpoint,
+    load_weights,
     save_pretrained,
 )
 
@@ -36,7 +36,7 @@ def folder(tmp_path, state):
 
 
 def test_round_trip_keeps_config_and_tensors(folder, state):
-    ckpt = load_checkpoint(folder)
+    ckpt = load_weights(folder)
     assert ckpt.config == CONFIG
     assert ckpt.state_dict.keys() == state.keys()
     assert all(torch.equal(ckpt.state_dict[k], state[k]) for k in state)
@@ -56,7 +56,7 @@ def test_loaded_model_reproduces_the_saved_encoder(folder, state):
 def test_single_safetensors_file_carries_its_config(folder, tmp_path):
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes((folder / WEIGHTS_NAME).read_bytes())
-    assert load_checkpoint(lone).config == CONFIG
+    assert load_weights(lone).config == CONFIG
 
 
 def test_training_checkpoint_file_loads_without_unpickling_code(tmp_path, state):
@@ -82,7 +82,7 @@ def test_pickled_objects_are_refused(tmp_path, state):
         path,
     )
     with pytest.raises(WeightsError, match="cannot read training checkpoint"):
-        load_checkpoint(path)
+        load_weights(path)
 
 
 def test_missing_tensor_is_an_error(tmp_path, state):
@@ -104,14 +104,14 @@ def test_corrupt_weights_fail_the_checksum(folder):
     blob[-10] ^= 0xFF  # flip bits inside a tensor: only the checksum can see it
     (folder / WEIGHTS_NAME).write_bytes(bytes(blob))
     with pytest.raises(WeightsError, match="corrupt or truncated"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 def test_truncated_lone_safetensors_is_an_error(folder, tmp_path):
     lone = tmp_path / "cut.safetensors"
     lone.write_bytes((folder / WEIGHTS_NAME).read_bytes()[:-1000])
     with pytest.raises(WeightsError, match="truncated or corrupt"):
-        load_checkpoint(lone)
+        load_weights(lone)
 
 
 def test_config_from_a_newer_format_is_refused(folder):
@@ -119,18 +119,18 @@ def test_config_from_a_newer_format_is_refused(folder):
     meta["format_version"] = FORMAT_VERSION + 1
     (folder / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="newer than this hear-abt"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 def test_folder_without_weights_names_the_missing_file(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{}")
     with pytest.raises(WeightsError, match="model.safetensors is missing"):
-        load_checkpoint(tmp_path)
+        load_weights(tmp_path)
 
 
 def test_nonexistent_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(WeightsError, match="neither an existing file"):
-        load_checkpoint(tmp_path / "nope" / "x")
+        load_weights(tmp_path / "nope" / "x")
 
 
 def test_environment_variable_redirects_a_bare_load(folder, monkeypatch):
@@ -162,15 +162,15 @@ def test_config_json_carries_a_config_checksum_and_an_edit_is_caught(folder):
         folder, lambda m: m["norm"].update(mean=-3.0)
     )  # plausible, well-formed, but not what was trained
     with pytest.raises(WeightsError, match="edited or corrupted"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 def test_old_folder_without_config_checksum_loads_and_an_edit_is_still_caught(folder):
     _edit_config(folder, lambda m: m.pop(CONFIG_SHA_KEY))  # as written before config_sha256 existed
-    assert load_checkpoint(folder).config == CONFIG
+    assert load_weights(folder).config == CONFIG
     _edit_config(folder, lambda m: m["norm"].update(std=2.5))
     with pytest.raises(WeightsError, match="differs from the config stored inside model.safetensors"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 @pytest.mark.parametrize(
@@ -190,28 +190,28 @@ def test_old_folder_without_config_checksum_loads_and_an_edit_is_still_caught(fo
 def test_absurd_or_mistyped_config_fields_are_named_before_anything_is_built(folder, edit, field):
     _edit_config(folder, lambda m: (m.pop(CONFIG_SHA_KEY), edit(m)))
     with pytest.raises(WeightsError, match="invalid hear-abt config") as err:
-        load_checkpoint(folder)
+        load_weights(folder)
     assert field in str(err.value)
 
 
 def test_config_that_is_not_an_object_is_a_clear_error(folder):
     (folder / CONFIG_NAME).write_text("[1, 2, 3]")
     with pytest.raises(WeightsError, match="expected a JSON object, got list"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 def test_lone_safetensors_with_non_json_metadata_is_a_clear_error(tmp_path, state):
     path = tmp_path / "bad-meta.safetensors"
     save_file(state, path, metadata={"hear_abt_config": "{not json"})
     with pytest.raises(WeightsError, match="metadata is not valid JSON"):
-        load_checkpoint(path)
+        load_weights(path)
 
 
 def test_training_checkpoint_missing_its_keys_is_a_clear_error(tmp_path, state):
     path = tmp_path / "partial.pt"
     torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "encoder": state}, path)
     with pytest.raises(WeightsError, match=r"lacks \['model_config'\]"):
-        load_checkpoint(path)
+        load_weights(path)
 
 
 @pytest.mark.parametrize(
@@ -238,15 +238,15 @@ def test_nan_normalisation_statistics_are_refused_in_every_format(tmp_path, stat
     path = tmp_path / "nan-norm.safetensors"
     save_file(state, path, metadata={"hear_abt_config": json.dumps(meta)})
     with pytest.raises(WeightsError, match="norm.std must be finite"):
-        load_checkpoint(path)
+        load_weights(path)
     pt = tmp_path / "nan-norm.pt"
     torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "model_config": meta, "encoder": state}, pt)
     with pytest.raises(WeightsError, match="norm.std must be finite"):
-        load_checkpoint(pt)
+        load_weights(pt)
 
 
 def test_parse_hub_id_accepts_the_hubs_forms_and_refuses_the_rest():
-    from hear_abt.weights import hub_id_problem, parse_hub_id
+    from hear_abt.hub import hub_id_problem, parse_hub_id
 
     assert parse_hub_id("org/name") == ("org/name", None)
     assert parse_hub_id("my-org/abt_v1.2@v1") == ("my-org/abt_v1.2", "v1")
@@ -278,6 +278,6 @@ def test_parse_hub_id_accepts_the_hubs_forms_and_refuses_the_rest():
 def test_unreadable_local_path_says_so(tmp_path):
     (tmp_path / "broken").symlink_to(tmp_path / "missing")
     with pytest.raises(WeightsError, match=r"exists but cannot be read: broken symlink\?"):
-        load_checkpoint(tmp_path / "broken")
+        load_weights(tmp_path / "broken")
     with pytest.raises(WeightsError, match=r"exists but cannot be read: broken symlink\?"):
-        load_checkpoint(tmp_path / "broken" / "config.json")
+        load_weights(tmp_path / "broken" / "config.json")

@@ -32,7 +32,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": TRAINING_CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """The whole saved training state, to resume from (``hear_abt.weights.load_weights`` reads just its encoder)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != TRAINING_CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a hear-abt training checkpoint")

@@ -21,7 +21,7 @@ from hear_abt.config import ModelConfig
 from hear_abt.fileio import atomic_write_text
 from hear_abt.weights import WeightsError, save_pretrained
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_training_checkpoint
 from .run_dir import LAST_NAME, RunDir
 
 
@@ -84,7 +84,7 @@ def export(run_dir: Path, out_dir: Path, checkpoint: Path | None = None, repo_id
     ckpt_path = checkpoint or rd.last
     if not ckpt_path.is_file():
         raise SystemExit(f"no checkpoint at {ckpt_path}; has the run written one yet?")
-    state = load_checkpoint(ckpt_path)
+    state = load_training_checkpoint(ckpt_path)
     run = rd.read_run() if rd.run_file.is_file() else {}
     config = ModelConfig.from_dict(state["model_config"])
     provenance = {**config.provenance, "step": state["step"], "total_steps": state["total_steps"]}
