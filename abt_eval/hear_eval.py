@@ -107,10 +107,9 @@ def make_random_baseline(source: str, folder: str | os.PathLike, seed: int = 0) 
     import torch
 
     from hear_abt.embedder import ABTEmbedder
-    from hear_abt.weights import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
-    from hear_abt.weights import load_weights as load_checkpoint
+    from hear_abt.weights import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_pretrained
 
-    config = load_checkpoint(source).config
+    config = load_weights(source).config
     provenance = dict(config.provenance)
     provenance["random_init"] = {"seed": seed, "architecture_of": str(source)}
     config = dataclasses.replace(config, provenance=provenance)

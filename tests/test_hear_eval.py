@@ -31,8 +31,7 @@ from abt_eval.hear_scores import (
 )
 from hear_abt.config import ModelConfig, NormStats
 from hear_abt.embedder import ABTEmbedder
-from hear_abt.weights import WEIGHTS_ENV, save_pretrained
-from hear_abt.weights import load_weights as load_checkpoint
+from hear_abt.weights import WEIGHTS_ENV, load_weights, save_pretrained
 
 HPARAMS = {
     "batch_size": 1024,
@@ -481,7 +480,7 @@ def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
     rng_before = torch.random.get_rng_state()
     folder = hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=0)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # global RNG untouched
-    src, rnd = load_checkpoint(tiny_model), load_checkpoint(folder)
+    src, rnd = load_weights(tiny_model), load_weights(folder)
     strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "provenance"}  # noqa: E731
     assert strip(rnd.config) == strip(src.config) and rnd.config.norm == NormStats(-5.0, 3.0)
     assert rnd.config.provenance["random_init"] == {"seed": 0, "architecture_of": str(tiny_model)}
@@ -494,8 +493,8 @@ def test_random_baseline_same_config_different_weights(tmp_path, tiny_model):
         if k.endswith("running_var"):
             assert torch.all(v == 1)
     # fixed seed: the same weights again; another seed: others
-    again = load_checkpoint(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand2", seed=0))
-    other = load_checkpoint(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand3", seed=1))
+    again = load_weights(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand2", seed=0))
+    other = load_weights(hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand3", seed=1))
     assert all(torch.equal(rnd.state_dict[k], again.state_dict[k]) for k in weights)
     assert not torch.equal(rnd.state_dict[weights[0]], other.state_dict[weights[0]])
 
@@ -515,7 +514,7 @@ def test_random_baseline_folder_is_reused_for_the_same_config(tmp_path, tiny_mod
     assert len(saves) == 1 and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     # Another seed is another baseline: rebuilt in place.
     hear_eval.make_random_baseline(str(tiny_model), tmp_path / "rand", seed=1)
-    assert len(saves) == 2 and load_checkpoint(folder).config.provenance["random_init"]["seed"] == 1
+    assert len(saves) == 2 and load_weights(folder).config.provenance["random_init"]["seed"] == 1
 
 
 # ---- one real run ----------------------------------------------------------------------------------

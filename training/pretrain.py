@@ -28,8 +28,7 @@ from tqdm import tqdm
 from hear_abt.config import ModelConfig
 
 from . import distributed, engine
-from .checkpoint import CheckpointWriter
-from .checkpoint import load_training_checkpoint as load_checkpoint
+from .checkpoint import CheckpointWriter, load_training_checkpoint
 from .config import DEFAULT_PRESET, PRESETS, TrainConfig, build_config
 from .data import ShardDataset, default_reader_threads
 from .loop import EXIT_STOPPED, Cadence, StopSignals, steps
@@ -231,7 +230,7 @@ def restore(run: Run) -> dict[str, Any] | None:
     if not (run.resuming and run.run_dir.last.exists()):
         return None
     try:
-        saved = load_checkpoint(run.run_dir.last)
+        saved = load_training_checkpoint(run.run_dir.last)
         engine.load_checkpoint_state(run.state, saved)
     except Exception as err:  # torch raises several types for truncated or corrupt files
         run.release()
@@ -441,7 +440,7 @@ NAN_ADVICE = (
 def _kept(run: Run) -> str:
     """What a run stopped by a non-finite loss leaves behind."""
     if run.run_dir.last.exists():
-        return f"the last good checkpoint ({run.run_dir.last}, step {load_checkpoint(run.run_dir.last)['step']}) is intact"
+        return f"the last good checkpoint ({run.run_dir.last}, step {load_training_checkpoint(run.run_dir.last)['step']}) is intact"
     cfg = run.cfg
     return (
         "no checkpoint had been written yet (one is written every "
