@@ -22,7 +22,7 @@ from torch import nn
 from hear_abt.config import TIMESTAMP_HOP_MS, FrontendConfig
 from hear_abt.embedder import ABTEmbedder
 from hear_abt.frontend import LogMelFrontend
-from hear_abt.hear_api import _as_audio_tensor
+from hear_abt.hear_api import check_audio
 
 __all__ = ["LogMelReference", "load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
 
@@ -88,7 +88,7 @@ def load_model(model_file_path: str | os.PathLike = "", **unknown: Any) -> LogMe
 def _prepare(audio: Any, model: LogMelReference) -> torch.Tensor:
     if not isinstance(model, LogMelReference):
         raise TypeError(f"model must come from abt_eval.logmel.load_model(), got {type(model).__name__}")
-    audio = _as_audio_tensor(audio)
+    audio = check_audio(audio)
     model.to(audio.device)
     return audio
 

@@ -8,17 +8,20 @@ hear-abt info [SRC]
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .devices import parse_device
+from .embeddings_io import INDEX_NAME, EmbeddingsWriter, FolderWriter, NpzWriter, RunInfo
+
+if TYPE_CHECKING:
+    from .embedder import ABTEmbedder
 
 
 def _check_writable_location(out: Path, what: str) -> None:
@@ -47,8 +50,6 @@ def _check_output(out: Path) -> None:
 
 def _check_out_dir(out: Path) -> None:
     """Refuse an --out-dir that is a file, or a non-empty folder that is not an embeddings folder."""
-    from .streaming import INDEX_NAME
-
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --out-dir {out} exists and is not a folder")
     if out.is_dir():
@@ -88,201 +89,124 @@ def expand_audio_args(paths: list[str]) -> tuple[list[Path], list[tuple[str, str
     return files, problems
 
 
-class _NpzSink:
-    """Collects one file's timestamp embeddings in memory (the .npz layout)."""
-
-    def __init__(self) -> None:
-        self.embs: list[np.ndarray] = []
-        self.ts: list[np.ndarray] = []
-
-    def __call__(self, emb: np.ndarray, ts: np.ndarray) -> None:
-        self.embs.append(emb)
-        self.ts.append(ts)
-
-
-class _NpySink:
-    """Streams one file's timestamp embeddings into two .npy files of the --out-dir layout."""
-
-    def __init__(self, folder: Path, index: int, dim: int) -> None:
-        from .streaming import NpyWriter
-
-        self.names = (f"timestamps/{index:06d}.emb.npy", f"timestamps/{index:06d}.ms.npy")
-        self.emb = NpyWriter(folder / self.names[0], (dim,), np.float32)
-        self.ts = NpyWriter(folder / self.names[1], (), np.float32)
-
-    def __call__(self, emb: np.ndarray, ts: np.ndarray) -> None:
-        self.emb.append(emb)
-        self.ts.append(ts)
-
-    def close(self) -> None:
-        self.emb.close()
-        self.ts.close()
-
-    def abort(self) -> None:
-        self.emb.abort()
-        self.ts.abort()
-
-
 _SIZE_WARNING_BYTES = 2 * 1024**3
 
 
 def _embed(args: argparse.Namespace) -> int:
     from . import load_model
     from .audio import audio_seconds
-    from .fileio import atomic_open, atomic_write_text
-    from .streaming import INDEX_NAME, LAYOUT_FORMAT, LAYOUT_VERSION, NpyWriter, embed_file
 
-    if (args.out is None) == (args.out_dir is None):
-        raise SystemExit("error: give exactly one of --out FILE.npz and --out-dir FOLDER")
-    if not args.chunk_seconds > 0:
-        raise SystemExit(f"error: --chunk-seconds must be positive, got {args.chunk_seconds}")
-    out = Path(args.out or args.out_dir).resolve()
-    folder_layout = args.out_dir is not None
-    (_check_out_dir if folder_layout else _check_output)(out)
+    out = _checked_destination(args)
     device = _check_device(args.device)
-    files, problems = expand_audio_args(args.audio)
-    failures: list[tuple[str, str]] = list(problems)  # (audio, reason)
-    for arg, why in problems:
+    files, failures = expand_audio_args(args.audio)  # failures: (audio, reason)
+    for arg, why in failures:
         print(f"skipped {arg}: {why}", file=sys.stderr)
     model = load_model(args.weights, timestamp_mode=args.timestamp_mode).to(device)
-    want_scene = args.what in ("scene", "both")
-    want_ts = args.what in ("timestamp", "both")
-    dim = model.timestamp_embedding_size
+    info = _run_info(args, model)
     seconds = [audio_seconds(p) for p in files]
-    total_seconds = sum(seconds)
-    ts_bytes = total_seconds * model.sample_rate / model.hop_samples * dim * 4
-    if want_ts and not folder_layout and ts_bytes > _SIZE_WARNING_BYTES:
-        print(
-            f"note: {total_seconds / 3600:.1f} h of audio: the .npz layout holds all timestamp embeddings "
-            f"in memory ({ts_bytes / 1024**3:.1f} GB); --out-dir streams them to disk instead",
-            file=sys.stderr,
-        )
-    if folder_layout:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is being replaced: no stale index
-    entries: list[dict] = []
-    scenes: list[np.ndarray] = []
-    ts_embs: list[np.ndarray] = []
-    ts_ms: list[np.ndarray] = []
-    bar = tqdm(
-        total=round(total_seconds, 1),
-        desc="embedding",
-        unit="s",
-        unit_scale=False,
-        disable=args.quiet,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
-    )
-    with bar:
+    if info.timestamps and args.out_dir is None:
+        _note_npz_memory(sum(seconds), info, model.hop_samples)
+    writer = (FolderWriter if args.out_dir is not None else NpzWriter)(out, info)
+    with _progress_bar(sum(seconds), args.quiet) as bar:
         for i, path in enumerate(files):
             bar.set_postfix_str(f"file {i + 1}/{len(files)}")
-            sink = (_NpySink(out, len(entries), dim) if folder_layout else _NpzSink()) if want_ts else None
             done_before = bar.n
-            try:
-                result = embed_file(
-                    path,
-                    model,
-                    scene=want_scene,
-                    timestamps=want_ts,
-                    on_timestamps=sink,
-                    on_audio=bar.update,
-                    chunk_seconds=args.chunk_seconds,
-                    device=device,
-                )
-                if isinstance(sink, _NpySink):
-                    sink.close()
-            except (KeyboardInterrupt, SystemExit):
-                if isinstance(sink, _NpySink):
-                    sink.abort()
-                raise  # nothing else is written: an older --out stays as it was
-            except Exception as err:  # one bad file never aborts the others
-                if isinstance(sink, _NpySink):
-                    sink.abort()
-                reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
-                tqdm.write(f"skipped: {reason}", file=sys.stderr)
-                failures.append((str(path), reason))
+            failure = _embed_one(path, model, writer, args.chunk_seconds, device, bar.update)
+            if failure is not None:
+                failures.append(failure)
                 bar.n = done_before + seconds[i]
                 bar.refresh()
-                continue
-            entry = {
-                "audio": str(path.resolve()),
-                "seconds": result.n_samples / model.sample_rate,
-                "n_samples": result.n_samples,
-                "n_timestamps": result.n_timestamps if want_ts else 0,
-                "streamed": result.streamed,
-            }
-            if want_scene:
-                scenes.append(result.scene)
-                entry["scene_row"] = len(scenes) - 1
-            if isinstance(sink, _NpySink):
-                entry["timestamp_embeddings"], entry["timestamps_ms"] = sink.names
-            elif isinstance(sink, _NpzSink):
-                ts_embs.append(np.concatenate(sink.embs) if sink.embs else np.zeros((0, dim), np.float32))
-                ts_ms.append(np.concatenate(sink.ts) if sink.ts else np.zeros(0, np.float32))
-            entries.append(entry)
-    if folder_layout:
-        if scenes:
-            with NpyWriter(out / "scene_embeddings.npy", (model.scene_embedding_size,)) as w:
-                w.append(np.stack(scenes))
-        else:
-            (out / "scene_embeddings.npy").unlink(missing_ok=True)
-        _remove_stale_timestamp_files(out, entries)
-        index = {
-            "format": LAYOUT_FORMAT,
-            "version": LAYOUT_VERSION,
-            "encoder": model.config.encoder,
-            "weights": args.weights or "(default)",
-            "what": args.what,
-            "timestamp_mode": args.timestamp_mode,
-            "sample_rate": model.sample_rate,
-            "timestamp_hop_ms": 1000 * model.hop_samples / model.sample_rate,
-            "scene_embedding_size": model.scene_embedding_size,
-            "timestamp_embedding_size": dim,
-            "scene_embeddings": "scene_embeddings.npy" if scenes else None,
-            "files": entries,
-            "failed": [{"audio": a, "reason": r} for a, r in failures],
-        }
-        atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
-    else:
-        npz: dict[str, np.ndarray] = {
-            "files": np.array([e["audio"] for e in entries], dtype=str),
-            "failed": np.array([a for a, _ in failures], dtype=str),
-        }
-        if scenes:
-            npz["scene_embeddings"] = np.stack(scenes)
-        if ts_embs:
-            # Clips differ in length: concatenate and keep offsets (clip i is rows offsets[i]:offsets[i+1]).
-            npz["timestamp_embeddings"] = np.concatenate(ts_embs)
-            npz["timestamps_ms"] = np.concatenate(ts_ms)
-            npz["timestamp_offsets"] = np.cumsum([0] + [len(t) for t in ts_ms])
-        # Atomic: an interrupted write (Ctrl-C, SIGKILL, full disk) leaves the previous file or nothing.
-        with atomic_open(out, "wb") as f:
-            np.savez(f, **npz)
+    writer.finish(failures)
     print(
-        f"wrote {out}: {len(entries)} file(s) embedded with {model.config.encoder}"
+        f"wrote {out}: {len(writer.entries)} file(s) embedded with {model.config.encoder}"
         + (f", {len(failures)} failed (listed in 'failed')" if failures else "")
     )
     return 1 if failures else 0
 
 
-_TIMESTAMP_FILE = re.compile(r"\d{6}\.(emb|ms)\.npy")
+def _checked_destination(args: argparse.Namespace) -> Path:
+    """The --out file or --out-dir folder, refused (SystemExit) with --chunk-seconds before any work."""
+    if (args.out is None) == (args.out_dir is None):
+        raise SystemExit("error: give exactly one of --out FILE.npz and --out-dir FOLDER")
+    if not args.chunk_seconds > 0:
+        raise SystemExit(f"error: --chunk-seconds must be positive, got {args.chunk_seconds}")
+    out = Path(args.out or args.out_dir).resolve()
+    (_check_out_dir if args.out_dir is not None else _check_output)(out)
+    return out
 
 
-def _remove_stale_timestamp_files(out: Path, entries: list[dict]) -> None:
-    """Drop a previous run's per-file arrays that this run's index does not list."""
-    folder = out / "timestamps"
-    if not folder.is_dir():
-        return
-    keep = {Path(e[k]).name for e in entries for k in ("timestamp_embeddings", "timestamps_ms") if k in e}
-    for path in folder.iterdir():
-        if _TIMESTAMP_FILE.fullmatch(path.name) and path.name not in keep:
-            path.unlink(missing_ok=True)
+def _run_info(args: argparse.Namespace, model: ABTEmbedder) -> RunInfo:
+    return RunInfo(
+        encoder=model.config.encoder,
+        weights=args.weights or "(default)",
+        what=args.what,
+        timestamp_mode=args.timestamp_mode,
+        sample_rate=model.sample_rate,
+        timestamp_hop_ms=1000 * model.hop_samples / model.sample_rate,
+        scene_embedding_size=model.scene_embedding_size,
+        timestamp_embedding_size=model.timestamp_embedding_size,
+    )
+
+
+def _note_npz_memory(total_seconds: float, info: RunInfo, hop_samples: int) -> None:
+    """The .npz format holds every timestamp embedding in memory: say so when that is a lot."""
+    ts_bytes = total_seconds * info.sample_rate / hop_samples * info.timestamp_embedding_size * 4
+    if ts_bytes > _SIZE_WARNING_BYTES:
+        print(
+            f"note: {total_seconds / 3600:.1f} h of audio: the .npz layout holds all timestamp embeddings "
+            f"in memory ({ts_bytes / 1024**3:.1f} GB); --out-dir streams them to disk instead",
+            file=sys.stderr,
+        )
+
+
+def _progress_bar(total_seconds: float, quiet: bool) -> tqdm:
+    return tqdm(
+        total=round(total_seconds, 1),
+        desc="embedding",
+        unit="s",
+        unit_scale=False,
+        disable=quiet,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
+    )
+
+
+def _embed_one(
+    path: Path,
+    model: ABTEmbedder,
+    writer: EmbeddingsWriter,
+    chunk_seconds: float,
+    device: torch.device,
+    on_audio: Callable[[float], Any],
+) -> Optional[tuple[str, str]]:
+    """Embed one file into ``writer``. A failure is reported and returned as (audio, reason); Ctrl-C
+    and SystemExit pass (nothing else is written: an older --out stays as it was)."""
+    from .streaming import embed_file
+
+    try:
+        with writer.file() as sink:  # aborted (nothing of the file kept) if this raises
+            result = embed_file(
+                path,
+                model,
+                scene=writer.info.scene,
+                timestamps=writer.info.timestamps,
+                on_timestamps=sink,
+                on_audio=on_audio,
+                chunk_seconds=chunk_seconds,
+                device=device,
+            )
+    except Exception as err:  # one bad file never aborts the others
+        reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
+        tqdm.write(f"skipped: {reason}", file=sys.stderr)
+        return str(path), reason
+    writer.add(path, result, sink)
+    return None
 
 
 def _info(args: argparse.Namespace) -> int:
     from .encoders import create_encoder_for
-    from .weights import default_weights_source, load_checkpoint
+    from .weights import default_weights_source, load_weights
 
-    ckpt = load_checkpoint(args.weights or default_weights_source("audiontt"))
+    ckpt = load_weights(args.weights or default_weights_source("audiontt"))
     print(f"source: {ckpt.source}")
     print(ckpt.config.to_json())
     fe = ckpt.config.frontend

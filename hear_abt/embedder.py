@@ -111,8 +111,29 @@ class ABTEmbedder(nn.Module):
             out.append(self.frontend(segment, center=False))
         return torch.cat(out, dim=-1)
 
+    @property
+    def budget_frames(self) -> int:
+        """Log-mel frames encoded at once: ``window_batch`` windows' worth (bounds activation memory).
+
+        Every pass through the encoder is sized by it, here and in callers that feed the encoder in
+        pieces of their own (``hear_abt.streaming``).
+        """
+        return self.window_frames * self.window_batch
+
+    def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """(n, n_mels, frames) raw log-mel windows -> (n, D) float32 embeddings, each window encoded on
+        its own, ``window_batch`` windows per pass (memory bounded by :attr:`budget_frames`)."""
+        if len(windows) <= self.window_batch:
+            return self._encode(windows).contiguous()  # as torch.cat below gives it
+        return torch.cat(
+            [
+                self._encode(windows[i : i + self.window_batch])
+                for i in range(0, len(windows), self.window_batch)
+            ]
+        )
+
     def _encode(self, windows: torch.Tensor) -> torch.Tensor:
-        """(n, n_mels, frames) raw log-mel windows -> (n, D) float32 embeddings."""
+        """One pass: (n, n_mels, frames) raw log-mel windows -> (n, D) float32 embeddings."""
         x = self.normalize(windows).unsqueeze(1)
         return self.encoder(x).float()
 
@@ -137,14 +158,9 @@ class ABTEmbedder(nn.Module):
         right = (self.window_frames - self.window_frames // 2) * fe.hop_length
         return self.logmel(F.pad(audio, (left, right)))
 
-    @property
-    def _budget_frames(self) -> int:
-        """Frames encoded at once: ``window_batch`` windows' worth (bounds activation memory)."""
-        return self.window_frames * self.window_batch
-
     def _group_size(self, frames_per_clip: int) -> int:
         """How many clips to take through the front-end together (at least one)."""
-        return max(1, self._budget_frames // max(frames_per_clip, 1))
+        return max(1, self.budget_frames // max(frames_per_clip, 1))
 
     def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) float32 audio -> ((B, T, D) embeddings, (B, T) timestamps in ms)."""
@@ -189,7 +205,7 @@ class ABTEmbedder(nn.Module):
         n_clips, n_ts = out.shape[:2]
         width, hop = self.window_frames, self.hop_frames
         x = self.normalize(mel).unsqueeze(1)  # (g, 1, n_mels, frames)
-        per_run = max(1, (self._budget_frames // n_clips - width) // hop + 1)
+        per_run = max(1, (self.budget_frames // n_clips - width) // hop + 1)
         for k0 in range(0, n_ts, per_run):
             k1 = min(n_ts, k0 + per_run)
             segment = x[..., hop * k0 : hop * (k1 - 1) + width]
@@ -208,7 +224,7 @@ class ABTEmbedder(nn.Module):
         # A few silence frames on the right so that the last window's pooled span exists.
         mel = F.pad(mel, (0, stride), value=self.config.frontend.silence_value)
         x = self.normalize(mel).unsqueeze(1)
-        chunk = max(stride, self._budget_frames // mel.shape[0] // stride * stride)
+        chunk = max(stride, self.budget_frames // mel.shape[0] // stride * stride)
         # Window k spans frames [5k, 5k + 96): pool the 24 feature frames (4 frames each) nearest to it.
         starts = (torch.arange(n_ts, device=mel.device) * self.hop_frames + stride // 2) // stride
         buffer, buffer_start, k = None, 0, 0
@@ -249,17 +265,12 @@ class ABTEmbedder(nn.Module):
                     )
                 x = self.normalize(mel).unsqueeze(1)
                 stride = self.encoder.TIME_STRIDE
-                chunk = max(stride, self._budget_frames // g // stride * stride)
+                chunk = max(stride, self.budget_frames // g // stride * stride)
                 out[s : s + g] = self.encoder.pooled_chunked(x, chunk).float()
             else:
                 mel = F.pad(mel, (0, padded_frames - n_frames), value=self.config.frontend.silence_value)
                 chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)
                 chunks = chunks.reshape(g * n_chunks, mel.shape[1], self.window_frames)
-                cls = torch.cat(
-                    [
-                        self._encode(chunks[i : i + self.window_batch])
-                        for i in range(0, len(chunks), self.window_batch)
-                    ]
-                )
+                cls = self.encode_windows(chunks)
                 out[s : s + g] = cls.view(g, n_chunks, -1).mean(dim=1)
         return out

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .embedder import ABTEmbedder
-from .weights import WeightsError, default_weights_source, load_checkpoint
+from .weights import WeightsError, default_weights_source, load_weights
 
 
 class AudioInputError(ValueError):
@@ -46,7 +46,7 @@ def load_model(
             f"load_model() got unexpected options {sorted(unknown)}; known: timestamp_mode, window_batch"
         )
     source = os.fspath(model_file_path) or default_weights_source(family or "audiontt")
-    checkpoint = load_checkpoint(source)
+    checkpoint = load_weights(source)
     config = checkpoint.config
     if family is not None and config.encoder != family:
         raise WeightsError(
@@ -75,8 +75,15 @@ def module_loader(family: str):
     return load
 
 
-def _as_audio_tensor(audio: Any) -> torch.Tensor:
-    """Validate HEAR audio: a real floating (n_sounds, n_samples) array with finite samples."""
+def check_audio(audio: Any, *, per_sound: bool = True) -> torch.Tensor:
+    """The one check of audio input, for the HEAR API, ``hear_abt.streaming`` and ``abt_eval.logmel``.
+
+    HEAR audio is a real floating (n_sounds, n_samples) torch tensor or numpy array, at least one sound
+    of at least one sample, every sample finite and within +-``MAX_ABS_SAMPLE``. Returns it as a
+    float32 tensor on its device (float64/float16 are converted first, so the answer is the float32
+    answer); anything else is an :class:`AudioInputError` naming the problem and the fix. With
+    ``per_sound=False`` (one file read in blocks: ``hear-abt embed``) the messages name no sounds.
+    """
     if isinstance(audio, np.ndarray):
         if audio.dtype.kind != "f":
             raise AudioInputError(_dtype_message(str(audio.dtype)))
@@ -94,23 +101,27 @@ def _as_audio_tensor(audio: Any) -> torch.Tensor:
         raise AudioInputError("audio is an empty batch (0 sounds); pass at least one clip")
     if audio.shape[1] == 0:
         raise AudioInputError("audio clips have zero length (0 samples); pass at least one sample per clip")
-    # float64/float16 are converted first, so the answer is the float32 answer.
     audio = audio.float()
+    _check_samples(audio, per_sound)
+    return audio
+
+
+def _check_samples(audio: torch.Tensor, per_sound: bool) -> None:
+    """Finite samples within +-MAX_ABS_SAMPLE in every sound of a float32 (n_sounds, n_samples)."""
+
+    def which(bad: torch.Tensor) -> str:
+        return f" in sound(s) {torch.nonzero(bad).flatten().tolist()[:10]}" if per_sound else ""
+
     finite = torch.isfinite(audio).all(dim=1)
     if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise AudioInputError(
-            f"audio has NaN or Inf samples in sound(s) {bad[:10]}; clean or drop them first"
-        )
+        raise AudioInputError(f"audio has NaN or Inf samples{which(~finite)}; clean or drop them first")
     peak = audio.abs().amax(dim=1)
     if bool((peak > MAX_ABS_SAMPLE).any()):
-        bad = torch.nonzero(peak > MAX_ABS_SAMPLE).flatten().tolist()
         raise AudioInputError(
-            f"audio in sound(s) {bad[:10]} has samples up to {float(peak.max()):.3g}, beyond the "
+            f"audio{which(peak > MAX_ABS_SAMPLE)} has samples up to {float(peak.max()):.3g}, beyond the "
             f"{MAX_ABS_SAMPLE:.0e} this model can compute with (float32 overflow would give NaN "
             "embeddings); HEAR audio is float in [-1, 1]: scale it first"
         )
-    return audio
 
 
 def _dtype_message(dtype: str) -> str:
@@ -122,7 +133,7 @@ def _dtype_message(dtype: str) -> str:
 def _prepare(audio: Any, model: ABTEmbedder) -> torch.Tensor:
     if not isinstance(model, ABTEmbedder):
         raise TypeError(f"model must come from load_model(), got {type(model).__name__}")
-    audio = _as_audio_tensor(audio)
+    audio = check_audio(audio)
     # Follow the audio's device: the caller decides where to compute (never .cuda() on our own).
     param = next(model.parameters())
     if param.device != audio.device:

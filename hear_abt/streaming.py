@@ -20,100 +20,39 @@ embedded as follows.
   consecutive 96-frame chunks. Memory holds one chunk of audio, mel frames and embeddings, whatever
   the file's length.
 
-:class:`NpyWriter` appends rows to a ``.npy`` file (atomically renamed into place when complete) and
-:func:`open_embeddings` reads the folder layout that ``hear-abt embed --out-dir`` writes, lazily.
+Audio blocks are checked by :func:`hear_abt.hear_api.check_audio`, the HEAR API's own check. The
+formats on disk (``--out`` .npz, ``--out-dir`` folder: writers and readers, :class:`NpyWriter`,
+:func:`open_embeddings`) are :mod:`hear_abt.embeddings_io`'s; their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .audio import PathLike, iter_audio_blocks
 from .embedder import ABTEmbedder
-from .fileio import atomic_open
+from .embeddings_io import INDEX_NAME, LAYOUT_FORMAT, LAYOUT_VERSION, NpyWriter, open_embeddings
+from .hear_api import check_audio, get_scene_embeddings, get_timestamp_embeddings
+
+__all__ = [
+    "DEFAULT_CHUNK_SECONDS",
+    "INDEX_NAME",
+    "LAYOUT_FORMAT",
+    "LAYOUT_VERSION",
+    "FileResult",
+    "NpyWriter",
+    "embed_file",
+    "open_embeddings",
+    "timestamp_margin",
+]
 
 DEFAULT_CHUNK_SECONDS = 120.0
-INDEX_NAME = "index.json"
-LAYOUT_FORMAT = "hear-abt-embeddings"
-LAYOUT_VERSION = 1
-
-# ---- .npy written row by row ---------------------------------------------------------------------
-
-_NPY_HEADER_BYTES = 128  # magic (6) + version (2) + length (2) + padded dict: room for any 2-D shape
-
-
-def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """A version 1.0 .npy header of exactly ``_NPY_HEADER_BYTES`` bytes (numpy pads its own likewise)."""
-    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-    room = _NPY_HEADER_BYTES - 10 - 1
-    if len(text) > room:
-        raise ValueError(f"shape {shape} does not fit a {_NPY_HEADER_BYTES}-byte .npy header")
-    body = (text + " " * (room - len(text)) + "\n").encode("latin1")
-    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
-
-
-class _Aborted(Exception):
-    pass
-
-
-class NpyWriter:
-    """Append rows of shape ``row_shape`` to a .npy file without holding them in memory.
-
-    Rows go to a temporary file beside ``path`` (``.NAME.*.tmp``); :meth:`close` writes the final
-    header (the row count need not be known in advance), fsyncs and renames it over ``path``, so
-    readers never see a half-written file. :meth:`abort` (or an exception inside ``with``) removes it.
-    The result is an ordinary .npy: ``np.load(path, mmap_mode="r")`` reads it lazily.
-    """
-
-    def __init__(self, path: PathLike, row_shape: tuple[int, ...], dtype: Any = np.float32):
-        self.path = Path(path)
-        self.row_shape = tuple(int(n) for n in row_shape)
-        self.dtype = (
-            np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
-        )
-        self.rows = 0
-        # The project's one atomic writer, held open across appends (temp file, fsync, rename).
-        self._writer = atomic_open(self.path, "wb")
-        self._f = self._writer.__enter__()
-        self._done = False
-        self._f.write(_npy_header(self.dtype, (0, *self.row_shape)))
-
-    def append(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"rows of shape {rows.shape[1:]} appended to a .npy of rows {self.row_shape}")
-        self._f.write(rows.tobytes())
-        self.rows += rows.shape[0]
-
-    def close(self) -> None:
-        self._f.seek(0)
-        self._f.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
-        self._done = True
-        self._writer.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            aborted = _Aborted(f"writing {self.path} was abandoned")
-            self._writer.__exit__(_Aborted, aborted, None)  # removes the temporary file
-
-    def __enter__(self) -> NpyWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 # ---- chunked embedding ---------------------------------------------------------------------------
 
@@ -286,7 +225,7 @@ class _ChunkClsScene:
     def __init__(self, model: ABTEmbedder):
         self.model = model
         self.w = model.window_frames
-        self.batch = model._budget_frames
+        self.batch = model.budget_frames
         self.mel: Optional[torch.Tensor] = None
         self.total: Optional[torch.Tensor] = None
         self.count = 0
@@ -306,7 +245,7 @@ class _ChunkClsScene:
             n_mels = self.mel.shape[0]
             chunks = self.mel[:, :take].reshape(n_mels, take // self.w, self.w).permute(1, 0, 2)
             with torch.no_grad():
-                cls = self.model._encode(chunks)
+                cls = self.model.encode_windows(chunks)
             part = cls.double().sum(dim=0)
             self.total = part if self.total is None else self.total + part
             self.count += cls.shape[0]
@@ -352,110 +291,112 @@ def embed_file(
     audio (``AudioInputError``), :class:`hear_abt.audio.AudioFileError` for unreadable files and
     ``FloatingPointError`` for non-finite embeddings.
     """
-    from .hear_api import MAX_ABS_SAMPLE, AudioInputError, get_scene_embeddings, get_timestamp_embeddings
-
     if device is None:
         device = next(model.parameters()).device
     model.eval()
-    sr = model.sample_rate
-    chunk = max(_grid(model), _round_up(int(round(chunk_seconds * sr / model.hop_samples)), _grid(model)))
-    margin = timestamp_margin(model)
-    one_shot_limit = model.hop_samples * (chunk + margin)
-    held: list[np.ndarray] = []  # blocks of a file that may still fit in one chunk
-    n_samples, peak = 0, 0.0
-    ts_chunks = mel_frames = scene_pool = None
-
-    def emit(items: Iterable[tuple[int, np.ndarray]]) -> None:
-        for first, emb in items:
-            _check_finite("timestamp", emb, peak)
-            k = np.arange(first, first + len(emb), dtype=np.float64)
-            if on_timestamps is not None:
-                on_timestamps(emb, (k * model.hop_samples * 1000.0 / sr).astype(np.float32))
-
-    def stream(block: np.ndarray, final: bool = False) -> None:
-        if ts_chunks is not None:
-            emit(ts_chunks.push(block))
-            if final:
-                emit(ts_chunks.finish())
-        if scene_pool is not None:
-            scene_pool.push(mel_frames.push(block, final), final)
-
-    for block in blocks if blocks is not None else iter_audio_blocks(path, sr):
-        if len(block):
-            block_peak = float(np.abs(block).max())
-            if not math.isfinite(block_peak):
-                raise AudioInputError("audio has NaN or Inf samples; clean or drop them first")
-            if block_peak > MAX_ABS_SAMPLE:
-                raise AudioInputError(
-                    f"audio has samples up to {block_peak:.3g}, beyond the {MAX_ABS_SAMPLE:.0e} this model "
-                    "can compute with (float32 overflow would give NaN embeddings); HEAR audio is float "
-                    "in [-1, 1]: scale it first"
-                )
-            peak = max(peak, block_peak)
-        n_samples += len(block)
-        if held is not None:
-            held.append(block)
-            if n_samples >= one_shot_limit:  # too long for one call: stream from here on
-                if timestamps:
-                    ts_chunks = _TimestampChunks(model, device, chunk, margin)
-                if scene:
-                    mel_frames = _MelFrames(model, device)
-                    scene_pool = (
-                        _FramePoolScene(model, model._budget_frames)
-                        if model.encoder.frame_features_supported
-                        else _ChunkClsScene(model)
-                    )
-                for part in held:
-                    stream(part)
-                held = None
-        else:
-            stream(block)
+    embedder = _FileEmbedder(model, device, scene, timestamps, on_timestamps, chunk_seconds)
+    for block in blocks if blocks is not None else iter_audio_blocks(path, model.sample_rate):
+        embedder.push(block)
         if on_audio is not None:
-            on_audio(len(block) / sr)
+            on_audio(len(block) / model.sample_rate)
+    return embedder.finish()
 
-    if held is not None:  # the whole file fits one chunk: one HEAR API call, the one-shot answer
-        audio = torch.from_numpy(np.concatenate(held) if held else np.zeros(0, np.float32))[None].to(device)
-        n_ts = model.num_timestamps(audio.shape[1]) if audio.shape[1] else 0
+
+class _FileEmbedder:
+    """One file, fed block by block: held for one HEAR API call while it fits one chunk (the one-shot
+    answer, bitwise), streamed chunk by chunk from the block that makes it longer (see the module doc)."""
+
+    def __init__(
+        self,
+        model: ABTEmbedder,
+        device: torch.device,
+        scene: bool,
+        timestamps: bool,
+        on_timestamps: Optional[Callable[[np.ndarray, np.ndarray], None]],
+        chunk_seconds: float,
+    ):
+        self.model, self.device = model, device
+        self.scene, self.timestamps, self.on_timestamps = scene, timestamps, on_timestamps
+        grid = _grid(model)
+        self.chunk = max(
+            grid, _round_up(int(round(chunk_seconds * model.sample_rate / model.hop_samples)), grid)
+        )
+        self.margin = timestamp_margin(model)
+        self.one_shot_limit = model.hop_samples * (self.chunk + self.margin)
+        self.held: Optional[list[np.ndarray]] = []  # blocks of a file that may still fit in one chunk
+        self.n_samples, self.peak = 0, 0.0
+        self.ts_chunks: Optional[_TimestampChunks] = None
+        self.mel_frames: Optional[_MelFrames] = None
+        self.scene_pool: Optional[_FramePoolScene | _ChunkClsScene] = None
+
+    def push(self, block: np.ndarray) -> None:
+        if len(block):
+            check_audio(block[None], per_sound=False)  # the HEAR API's rules, block by block
+            self.peak = max(self.peak, float(np.abs(block).max()))
+        self.n_samples += len(block)
+        if self.held is None:
+            self._stream(block)
+            return
+        self.held.append(block)
+        if self.n_samples >= self.one_shot_limit:  # too long for one call: stream from here on
+            self._start_streaming()
+
+    def finish(self) -> FileResult:
+        if self.held is not None:  # the whole file fits one chunk: one HEAR API call
+            return self._one_shot()
+        self._stream(np.zeros(0, dtype=np.float32), final=True)
         scene_out = None
-        if scene:
-            scene_out = get_scene_embeddings(audio, model)[0].cpu().numpy()
-            _check_finite("scene", scene_out, peak)
-        if timestamps:
-            emb, ts = get_timestamp_embeddings(audio, model)
+        if self.scene_pool is not None:
+            scene_out = self.scene_pool.result().cpu().numpy()
+            _check_finite("scene", scene_out, self.peak)
+        return FileResult(self.n_samples, self.model.num_timestamps(self.n_samples), scene_out, streamed=True)
+
+    def _start_streaming(self) -> None:
+        model = self.model
+        if self.timestamps:
+            self.ts_chunks = _TimestampChunks(model, self.device, self.chunk, self.margin)
+        if self.scene:
+            self.mel_frames = _MelFrames(model, self.device)
+            self.scene_pool = (
+                _FramePoolScene(model, model.budget_frames)
+                if model.encoder.frame_features_supported
+                else _ChunkClsScene(model)
+            )
+        held, self.held = self.held, None
+        for part in held:
+            self._stream(part)
+
+    def _stream(self, block: np.ndarray, final: bool = False) -> None:
+        if self.ts_chunks is not None:
+            self._deliver(self.ts_chunks.push(block))
+            if final:
+                self._deliver(self.ts_chunks.finish())
+        if self.scene_pool is not None:
+            self.scene_pool.push(self.mel_frames.push(block, final), final)
+
+    def _deliver(self, items: Iterable[tuple[int, np.ndarray]]) -> None:
+        for first, emb in items:
+            _check_finite("timestamp", emb, self.peak)
+            k = np.arange(first, first + len(emb), dtype=np.float64)
+            if self.on_timestamps is not None:
+                self.on_timestamps(
+                    emb, (k * self.model.hop_samples * 1000.0 / self.model.sample_rate).astype(np.float32)
+                )
+
+    def _one_shot(self) -> FileResult:
+        held = self.held
+        audio = torch.from_numpy(np.concatenate(held) if held else np.zeros(0, np.float32))[None].to(
+            self.device
+        )
+        n_ts = self.model.num_timestamps(audio.shape[1]) if audio.shape[1] else 0
+        scene_out = None
+        if self.scene:
+            scene_out = get_scene_embeddings(audio, self.model)[0].cpu().numpy()
+            _check_finite("scene", scene_out, self.peak)
+        if self.timestamps:
+            emb, ts = get_timestamp_embeddings(audio, self.model)
             emb_np = emb[0].cpu().numpy()
-            _check_finite("timestamp", emb_np, peak)
-            if on_timestamps is not None:
-                on_timestamps(emb_np, ts[0].cpu().numpy())
-        return FileResult(n_samples, n_ts, scene_out, streamed=False)
-
-    stream(np.zeros(0, dtype=np.float32), final=True)
-    scene_out = None
-    if scene_pool is not None:
-        scene_out = scene_pool.result().cpu().numpy()
-        _check_finite("scene", scene_out, peak)
-    return FileResult(n_samples, model.num_timestamps(n_samples), scene_out, streamed=True)
-
-
-# ---- the folder layout ---------------------------------------------------------------------------
-
-
-def open_embeddings(folder: PathLike) -> dict[str, Any]:
-    """Read a folder written by ``hear-abt embed --out-dir``: its index, arrays memory-mapped (lazy).
-
-    Returns the index (``files``, ``failed``, settings) with, per entry of ``files``, the arrays
-    ``timestamp_embeddings`` (T, D) and ``timestamps_ms`` (T,) opened with ``mmap_mode="r"``, and
-    ``scene_embeddings`` (n_files, D) at the top level, where they were written.
-    """
-    folder = Path(folder)
-    index = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))
-    if index.get("format") != LAYOUT_FORMAT:
-        raise ValueError(f"{folder / INDEX_NAME} is not a {LAYOUT_FORMAT} index")
-    if index.get("version", 0) > LAYOUT_VERSION:
-        raise ValueError(f"{folder} was written by a newer hear-abt (layout {index['version']}): upgrade")
-    for entry in index["files"]:
-        for key in ("timestamp_embeddings", "timestamps_ms"):
-            if entry.get(key):
-                entry[key] = np.load(folder / entry[key], mmap_mode="r")
-    if index.get("scene_embeddings"):
-        index["scene_embeddings"] = np.load(folder / index["scene_embeddings"], mmap_mode="r")
-    return index
+            _check_finite("timestamp", emb_np, self.peak)
+            if self.on_timestamps is not None:
+                self.on_timestamps(emb_np, ts[0].cpu().numpy())
+        return FileResult(self.n_samples, n_ts, scene_out, streamed=False)

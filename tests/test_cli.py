@@ -256,3 +256,36 @@ def test_info_says_which_parameters_it_counts(tmp_path, capsys):
     learnable = sum(p.numel() for p in model.encoder.parameters())
     assert f"encoder parameters: {learnable:,}" in printed
     assert "projector" in printed and "not exported" in printed
+
+
+def test_ctrl_c_in_the_middle_of_a_file_leaves_no_partial_arrays(tmp_path, monkeypatch):
+    """--out-dir: the file being embedded when Ctrl-C comes leaves no .npy (final or temporary), and
+    the folder has no index (an interrupted run); --out: the previous .npz stays."""
+    import hear_abt.streaming
+
+    weights = make_weights(tmp_path / "w")
+    _tone_file(tmp_path / "a.wav")
+    _tone_file(tmp_path / "b.wav")
+    real_embed_file = hear_abt.streaming.embed_file
+
+    def ctrl_c_in_b(path, model, **kwargs):
+        if path.name == "b.wav":
+            kwargs["on_timestamps"](
+                np.zeros((3, model.timestamp_embedding_size), np.float32), np.zeros(3, np.float32)
+            )
+            raise KeyboardInterrupt
+        return real_embed_file(path, model, **kwargs)
+
+    monkeypatch.setattr(hear_abt.streaming, "embed_file", ctrl_c_in_b)
+    files = [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    (tmp_path / "emb.npz").write_bytes(b"previous results")
+    for out in (["--out-dir", str(tmp_path / "emb")], ["--out", str(tmp_path / "emb.npz")]):
+        with pytest.raises(KeyboardInterrupt):
+            main(["embed", *files, *out, "--weights", str(weights), "--quiet"])
+    assert sorted(p.name for p in (tmp_path / "emb").rglob("*")) == [
+        "000000.emb.npy",
+        "000000.ms.npy",
+        "timestamps",
+    ]
+    assert (tmp_path / "emb.npz").read_bytes() == b"previous results"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

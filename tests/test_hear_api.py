@@ -237,3 +237,50 @@ def test_fast_mode_streaming_equals_pooling_whole_clip_frame_features(ntt_dir):
         start = (5 * k + 2) // 4  # feature frame nearest to the window's first mel frame
         span = frames[start : start + 24]
         torch.testing.assert_close(emb[0, k], span.mean(0) + span.amax(0), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([[0.0, np.nan, 0.0] * 400], dtype=np.float32),
+        np.array([[0.0, 1e12, 0.0] * 400], dtype=np.float32),
+        np.zeros((1, 1200), dtype=np.int16),
+    ],
+)
+def test_one_audio_check_for_the_api_the_logmel_reference_and_streaming(ntt, bad):
+    """hear_abt's API, abt_eval.logmel and streaming (block by block) all raise check_audio's message;
+    streaming's names no sound (it is one file, which the command line names)."""
+    from abt_eval import logmel
+    from hear_abt.hear_api import check_audio
+    from hear_abt.streaming import embed_file
+
+    def message(call):
+        with pytest.raises(AudioInputError) as err:
+            call()
+        return str(err.value)
+
+    want = message(lambda: check_audio(bad))
+    assert message(lambda: hear_abt.get_scene_embeddings(bad, ntt)) == want
+    assert message(lambda: hear_abt.get_timestamp_embeddings(bad, ntt)) == want
+    assert message(lambda: logmel.get_scene_embeddings(bad, logmel.load_model())) == want
+    streamed = message(lambda: embed_file(None, ntt, blocks=[bad[0, :600], bad[0, 600:]]))
+    assert streamed == message(lambda: check_audio(bad, per_sound=False))
+    assert streamed == want.replace(" in sound(s) [0]", "")
+
+
+def test_encode_windows_is_the_encoder_on_each_window_in_batches_of_window_batch(ntt_dir):
+    small = hear_abt.load_model(ntt_dir, window_batch=3)
+    big = hear_abt.load_model(ntt_dir)
+    assert small.budget_frames == 3 * small.window_frames and big.budget_frames == 64 * big.window_frames
+    windows = (
+        small.logmel(audio_batch(n=1, seconds=8.0)).unfold(-1, 96, 96)[0].permute(1, 0, 2)
+    )  # (k, 64, 96)
+    assert len(windows) > 3
+    with torch.no_grad():
+        batched, whole = small.encode_windows(windows), big.encode_windows(windows)
+        alone = torch.cat([big.encoder(((w + 6.0) / 3.5)[None, None]) for w in windows])
+    assert (
+        batched.shape == (len(windows), 3072) and batched.dtype == torch.float32 and batched.is_contiguous()
+    )
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole, alone, atol=1e-5, rtol=1e-5)

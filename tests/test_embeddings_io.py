@@ -1,0 +1,154 @@
+"""hear_abt.embeddings_io: each format's writer and reader round trip, failed files leave nothing,
+and the files written are today's (keys, names, index fields and their order)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from hear_abt.embeddings_io import (
+    INDEX_NAME,
+    FolderWriter,
+    NpzWriter,
+    RunInfo,
+    open_embeddings,
+    read_npz,
+)
+
+D, SCENE_D = 6, 5
+
+
+@dataclass
+class Result:  # what embed_file returns, as far as the writers read it
+    n_samples: int
+    n_timestamps: int
+    scene: Optional[np.ndarray]
+    streamed: bool
+
+
+def info(what="both"):
+    return RunInfo("audiontt", "w/", what, "faithful", 16000, 50.0, SCENE_D, D)
+
+
+def fake_file(seed, n_ts):
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n_ts, D)).astype(np.float32)
+    ms = (np.arange(n_ts) * 50.0).astype(np.float32)
+    return emb, ms, rng.standard_normal(SCENE_D).astype(np.float32)
+
+
+def write_run(writer, tmp_path, lengths=(7, 3, 11), fail_at=1):
+    """Files with ``lengths`` timestamps (fed in chunks of 4); the one at ``fail_at`` fails part-way."""
+    expected = []
+    for i, n_ts in enumerate(lengths):
+        emb, ms, scene = fake_file(i, n_ts)
+        audio = tmp_path / f"a{i}.wav"
+        try:
+            with writer.file() as sink:
+                for k in range(0, n_ts, 4):
+                    sink(emb[k : k + 4], ms[k : k + 4])
+                if i == fail_at:
+                    raise RuntimeError("unreadable part-way")
+        except RuntimeError:
+            continue
+        writer.add(audio, Result(n_ts * 800, n_ts, scene, streamed=n_ts > 10), sink)
+        expected.append((str(audio.resolve()), emb, ms, scene))
+    failures = [(str(tmp_path / f"a{fail_at}.wav"), "unreadable part-way")] if fail_at is not None else []
+    writer.finish(failures)
+    return expected, failures
+
+
+@pytest.mark.parametrize("what", ["both", "scene", "timestamp"])
+def test_each_format_round_trips_and_both_read_alike(tmp_path, what):
+    want_ts = what != "scene"
+    npz_expected, failures = write_run(NpzWriter(tmp_path / "emb.npz", info(what)), tmp_path)
+    dir_expected, _ = write_run(FolderWriter(tmp_path / "emb", info(what)), tmp_path)
+    npz, folder = read_npz(tmp_path / "emb.npz"), open_embeddings(tmp_path / "emb")
+    for got in (npz, folder):
+        assert [f["audio"] for f in got["failed"]] == [a for a, _ in failures]
+        assert [f["audio"] for f in got["files"]] == [a for a, *_ in npz_expected]
+        for i, (entry, (_, emb, ms, scene)) in enumerate(zip(got["files"], npz_expected)):
+            if want_ts:
+                assert entry["n_timestamps"] == len(emb)
+                np.testing.assert_array_equal(entry["timestamp_embeddings"], emb)
+                np.testing.assert_array_equal(entry["timestamps_ms"], ms)
+            else:
+                assert "timestamp_embeddings" not in entry
+            if what != "timestamp":
+                assert entry["scene_row"] == i
+                np.testing.assert_array_equal(got["scene_embeddings"][entry["scene_row"]], scene)
+        if what == "timestamp":
+            assert got["scene_embeddings"] is None
+    assert folder["failed"][0]["reason"] == "unreadable part-way"  # the .npz keeps no reasons
+    if want_ts:  # the folder's arrays are memory-mapped, and the failed file's number was reused
+        assert isinstance(folder["files"][0]["timestamp_embeddings"], np.memmap)
+        names = sorted(p.name for p in (tmp_path / "emb" / "timestamps").iterdir())
+        assert names == [f"{i:06d}.{k}.npy" for i in range(2) for k in ("emb", "ms")]
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []  # every file renamed into place, the failed one's temporaries removed
+
+
+def test_the_files_written_are_todays(tmp_path):
+    write_run(NpzWriter(tmp_path / "emb.npz", info()), tmp_path)
+    with np.load(tmp_path / "emb.npz") as data:
+        assert data.files == [
+            "files",
+            "failed",
+            "scene_embeddings",
+            "timestamp_embeddings",
+            "timestamps_ms",
+            "timestamp_offsets",
+        ]
+        assert list(data["timestamp_offsets"]) == [0, 7, 18]
+    write_run(FolderWriter(tmp_path / "emb", info()), tmp_path)
+    index = json.loads((tmp_path / "emb" / INDEX_NAME).read_text())
+    assert list(index) == [
+        "format",
+        "version",
+        "encoder",
+        "weights",
+        "what",
+        "timestamp_mode",
+        "sample_rate",
+        "timestamp_hop_ms",
+        "scene_embedding_size",
+        "timestamp_embedding_size",
+        "scene_embeddings",
+        "files",
+        "failed",
+    ]
+    assert index["format"] == "hear-abt-embeddings" and index["version"] == 1
+    assert list(index["files"][1]) == [
+        "audio",
+        "seconds",
+        "n_samples",
+        "n_timestamps",
+        "streamed",
+        "scene_row",
+        "timestamp_embeddings",
+        "timestamps_ms",
+    ]
+    assert index["files"][1]["timestamp_embeddings"] == "timestamps/000001.emb.npy"
+    assert index["scene_embeddings"] == "scene_embeddings.npy" and index["files"][1]["seconds"] == 0.55
+
+
+def test_an_interrupted_file_leaves_nothing_and_no_index(tmp_path):
+    writer = FolderWriter(tmp_path / "emb", info())
+    with pytest.raises(KeyboardInterrupt):
+        with writer.file() as sink:
+            sink(*fake_file(0, 4)[:2])
+            raise KeyboardInterrupt
+    assert list((tmp_path / "emb" / "timestamps").iterdir()) == []
+    assert not (tmp_path / "emb" / INDEX_NAME).exists()  # an interrupted run: no index
+
+
+def test_a_rewritten_folder_drops_the_old_per_file_arrays(tmp_path):
+    write_run(FolderWriter(tmp_path / "emb", info()), tmp_path, lengths=(2, 2, 2, 2), fail_at=None)
+    write_run(FolderWriter(tmp_path / "emb", info("scene")), tmp_path, lengths=(2,), fail_at=None)
+    assert list((tmp_path / "emb" / "timestamps").iterdir()) == []
+    index = open_embeddings(tmp_path / "emb")
+    assert len(index["files"]) == 1 and index["scene_embeddings"].shape == (1, SCENE_D)
