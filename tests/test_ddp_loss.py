@@ -88,6 +88,7 @@ def _worker(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_distributed_loss_matches_single_process():
     ctx = mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=False)

@@ -124,6 +124,7 @@ def _cli(*args):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_parts_run_at_once_then_the_plain_command_equals_one_process(tmp_path):
     src = _corpus(tmp_path / "src")
     one = tmp_path / "one"

@@ -174,6 +174,7 @@ def test_enqueued_trials_must_be_points_of_the_space():
             sweep_space.parse_enqueue(bad, params)
 
 
+@pytest.mark.slow
 def test_hyperband_study_writes_db_importances_and_plots(setup, tmp_path):
     data, task = setup
     out = tmp_path / "out"
@@ -240,6 +241,7 @@ def test_failed_trial_is_recorded_and_does_not_stop_the_study(setup, tmp_path):
     assert [t.state.name for t in trials].count("COMPLETE") == 1  # the study went on after each failure
 
 
+@pytest.mark.slow
 def test_sigkill_mid_study_then_resume(setup, tmp_path):
     data, task = setup
     out = tmp_path / "out"

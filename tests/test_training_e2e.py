@@ -68,6 +68,7 @@ def test_loss_goes_down_and_outputs_are_written(corpus, tmp_path):
     assert state["step"] == 60  # a checkpoint is written at the end whatever checkpoint_every says
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     steps, every = 48, 8
     assert run(corpus, tmp_path / "straight", f"checkpoint_every={every}", steps=steps) == 0
@@ -250,10 +251,9 @@ def test_export_loads_through_hear_abt_and_embeds(corpus, tmp_path):
 
 
 def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, tmp_path):
-    from abt_eval import devsuite
+    from test_linear_eval import write_tone_task
 
-    devsuite.main([str(tmp_path / "suite"), "--small", "--tasks", "speech-words", "--jobs", "1"])
-    task = tmp_path / "suite" / "speech-words"
+    task = write_tone_task(tmp_path / "tones", per_class={"train": 6, "valid": 3, "test": 3})
     assert run(corpus, tmp_path / "run", "probe_every=5", f"probe_task={task}", steps=10) == 0
     rows = (tmp_path / "run" / "probe.csv").read_text().splitlines()
     assert rows[0] == "step,task,score" and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
@@ -368,6 +368,7 @@ def processes_running(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_on_every_rank(
     corpus, tmp_path
 ):
@@ -456,6 +457,7 @@ def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float 
     assert proc.poll() is None, "the run ended before it could be signalled"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_a_step_with_its_checkpoint_and_the_same_command_continues_bitwise(
     corpus, tmp_path
 ):
@@ -501,6 +503,7 @@ def rank_pids(marker: str) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command_continues_bitwise(
     corpus, tmp_path
 ):

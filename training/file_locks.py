@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -186,6 +187,19 @@ def _unlock(path: Path, owner: dict[str, Any]) -> None:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Defer SIGTERM and SIGINT (delivered on exit) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class LockSet:
     """The lock files one prepare call holds; all released on exit, also on errors."""
 
@@ -195,9 +209,12 @@ class LockSet:
         self.held: list[Path] = []
 
     def take(self, path: Path) -> Optional[dict[str, Any]]:
-        holder = _try_lock(path, self.owner, self.machine)
-        if holder is None:
-            self.held.append(path)
+        # A SIGTERM handled between creating the file and recording it here would leak the lock
+        # (found by a test under load): the signals wait until the lock is recorded.
+        with _signals_held():
+            holder = _try_lock(path, self.owner, self.machine)
+            if holder is None:
+                self.held.append(path)
         return holder
 
     def __enter__(self) -> LockSet:
