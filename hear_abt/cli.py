@@ -2,7 +2,9 @@
 
 hear-abt embed AUDIO... --out FILE.npz [--weights SRC] [--what scene|timestamp|both]
 hear-abt embed AUDIO... --out-dir FOLDER ...   (streamed to disk: any length, read lazily)
+hear-abt embed FOLDER --out-dir FOLDER [--batch-size 16] [--decode-workers 2]   (datasets of clips)
 hear-abt info [SRC]
+hear-abt export-onnx WEIGHTS OUT_DIR   (scene.onnx + timestamps.onnx; pip install 'hear-abt[onnx]')
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
+from .dataset_embed import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, Progress, embed_files
 from .devices import parse_device
-from .embeddings_io import INDEX_NAME, EmbeddingsWriter, FolderWriter, NpzWriter, RunInfo
+from .embeddings_io import INDEX_NAME, FolderWriter, NpzWriter, RunInfo
 
 if TYPE_CHECKING:
     from .embedder import ABTEmbedder
@@ -107,15 +110,19 @@ def _embed(args: argparse.Namespace) -> int:
     if info.timestamps and args.out_dir is None:
         _note_npz_memory(sum(seconds), info, model.hop_samples)
     writer = (FolderWriter if args.out_dir is not None else NpzWriter)(out, info)
-    with _progress_bar(sum(seconds), args.quiet) as bar:
-        for i, path in enumerate(files):
-            bar.set_postfix_str(f"file {i + 1}/{len(files)}")
-            done_before = bar.n
-            failure = _embed_one(path, model, writer, args.chunk_seconds, device, bar.update)
-            if failure is not None:
-                failures.append(failure)
-                bar.n = done_before + seconds[i]
-                bar.refresh()
+    with _FilesAndAudioBar(len(files), sum(seconds), args.quiet) as progress:
+        failures += embed_files(
+            files,
+            model,
+            writer,
+            chunk_seconds=args.chunk_seconds,
+            device=device,
+            batch_size=args.batch_size,
+            decode_workers=args.decode_workers,
+            model_workers=args.model_workers,
+            header_seconds=seconds,
+            progress=progress,
+        )
     writer.finish(failures)
     print(
         f"wrote {out}: {len(writer.entries)} file(s) embedded with {model.config.encoder}"
@@ -125,11 +132,17 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _checked_destination(args: argparse.Namespace) -> Path:
-    """The --out file or --out-dir folder, refused (SystemExit) with --chunk-seconds before any work."""
+    """The --out file or --out-dir folder, refused (SystemExit) with the numeric options before any work."""
     if (args.out is None) == (args.out_dir is None):
         raise SystemExit("error: give exactly one of --out FILE.npz and --out-dir FOLDER")
     if not args.chunk_seconds > 0:
         raise SystemExit(f"error: --chunk-seconds must be positive, got {args.chunk_seconds}")
+    if args.batch_size < 1:
+        raise SystemExit(f"error: --batch-size must be at least 1, got {args.batch_size}")
+    if args.decode_workers < 0:
+        raise SystemExit(f"error: --decode-workers must be 0 or more, got {args.decode_workers}")
+    if args.model_workers is not None and args.model_workers < 1:
+        raise SystemExit(f"error: --model-workers must be at least 1, got {args.model_workers}")
     out = Path(args.out or args.out_dir).resolve()
     (_check_out_dir if args.out_dir is not None else _check_output)(out)
     return out
@@ -159,47 +172,47 @@ def _note_npz_memory(total_seconds: float, info: RunInfo, hop_samples: int) -> N
         )
 
 
-def _progress_bar(total_seconds: float, quiet: bool) -> tqdm:
-    return tqdm(
-        total=round(total_seconds, 1),
-        desc="embedding",
-        unit="s",
-        unit_scale=False,
-        disable=quiet,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
-    )
+class _FilesAndAudioBar(Progress):
+    """One tqdm bar counting files (and files/s), its postfix the seconds of audio done and the speed
+    in times real time (long files advance it block by block)."""
 
+    def __init__(self, n_files: int, total_seconds: float, quiet: bool) -> None:
+        self.bar = tqdm(
+            total=n_files,
+            desc="embedding",
+            unit="file",
+            disable=quiet,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
+        )
+        self.seconds, self.total_seconds = 0.0, total_seconds
+        self._shown_at = 0.0
 
-def _embed_one(
-    path: Path,
-    model: ABTEmbedder,
-    writer: EmbeddingsWriter,
-    chunk_seconds: float,
-    device: torch.device,
-    on_audio: Callable[[float], Any],
-) -> Optional[tuple[str, str]]:
-    """Embed one file into ``writer``. A failure is reported and returned as (audio, reason); Ctrl-C
-    and SystemExit pass (nothing else is written: an older --out stays as it was)."""
-    from .streaming import embed_file
+    def audio(self, seconds: float) -> None:
+        self.seconds += seconds
+        now = time.monotonic()
+        if now - self._shown_at >= 0.5:  # a long file: show its progress twice a second
+            self._shown_at = now
+            self._set_postfix(refresh=True)
 
-    try:
-        with writer.file() as sink:  # aborted (nothing of the file kept) if this raises
-            result = embed_file(
-                path,
-                model,
-                scene=writer.info.scene,
-                timestamps=writer.info.timestamps,
-                on_timestamps=sink,
-                on_audio=on_audio,
-                chunk_seconds=chunk_seconds,
-                device=device,
-            )
-    except Exception as err:  # one bad file never aborts the others
-        reason = str(err) if str(path) in str(err) else f"{path}: {type(err).__name__}: {err}"
-        tqdm.write(f"skipped: {reason}", file=sys.stderr)
-        return str(path), reason
-    writer.add(path, result, sink)
-    return None
+    def file_done(self, seconds: float) -> None:
+        self.seconds += seconds
+        self._set_postfix(refresh=False)
+        self.bar.update(1)  # redraws (at most every tqdm mininterval)
+
+    def _set_postfix(self, refresh: bool) -> None:
+        if self.bar.disable:
+            return
+        elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
+        self.bar.set_postfix_str(
+            f"{self.seconds:.0f}/{self.total_seconds:.0f} s audio, {self.seconds / elapsed:.1f}x real time",
+            refresh=refresh,
+        )
+
+    def __enter__(self) -> _FilesAndAudioBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -226,12 +239,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hear-abt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_embed_command(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser("embed", help="embed audio files into an .npz file or a folder of .npy files")
     embed.add_argument(
         "audio",
@@ -272,13 +280,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="files longer than this are read and embedded in chunks of this much audio (bounded memory; "
         "the result equals the one-shot answer up to float rounding) (default: %(default)s)",
     )
+    embed.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="files shorter than a chunk that have the same length (in samples) are embedded together, up "
+        "to this many (and 600 s of audio) per HEAR API call; equal to one by one up to float rounding; "
+        "1: one call per file (default: %(default)s)",
+    )
+    embed.add_argument(
+        "--decode-workers",
+        type=int,
+        default=DEFAULT_DECODE_WORKERS,
+        help="threads decoding and resampling files ahead of the model, in order (at most 1200 s of audio "
+        "read ahead); 0: decode in the main thread (default: %(default)s)",
+    )
+    embed.add_argument(
+        "--model-workers",
+        type=int,
+        default=None,
+        help="batches embedded at once, sharing torch's CPU threads (default: 2 on a CPU, 1 on a GPU)",
+    )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
 
+
+def _add_info_command(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="print a checkpoint's config")
     info.add_argument("weights", nargs="?", default="", help="checkpoint folder, file or Hub id")
     info.set_defaults(func=_info)
 
+
+def _add_export_onnx_command(sub: argparse._SubParsersAction) -> None:
+    from . import onnx_export  # imports no ONNX package until it runs
+
+    onnx_export.add_arguments(
+        sub.add_parser(
+            "export-onnx",
+            help="write scene.onnx and timestamps.onnx (raw 16 kHz audio in, HEAR embeddings out; "
+            "onnxruntime runs them without torch; needs pip install 'hear-abt[onnx]')",
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hear-abt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_embed_command(sub)
+    _add_info_command(sub)
+    _add_export_onnx_command(sub)
     return parser
 
 

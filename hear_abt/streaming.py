@@ -1,4 +1,5 @@
-"""Embedding audio files of any length from disk in bounded memory (the engine of ``hear-abt embed``).
+"""Embedding audio files of any length from disk in bounded memory (``hear-abt embed``'s path for
+files longer than a chunk; shorter ones are decoded ahead and batched by :mod:`hear_abt.dataset_embed`).
 
 A file is read in blocks (:func:`hear_abt.audio.iter_audio_blocks`: down-mixed and resampled
 blockwise by libsoxr's streaming resampler, bitwise equal to :func:`hear_abt.audio.load_audio`), and
@@ -47,7 +48,9 @@ __all__ = [
     "LAYOUT_VERSION",
     "FileResult",
     "NpyWriter",
+    "check_finite",
     "embed_file",
+    "one_shot_samples",
     "open_embeddings",
     "timestamp_margin",
 ]
@@ -63,6 +66,18 @@ def timestamp_margin(model: ABTEmbedder) -> int:
     fe = model.config.frontend
     samples = model.window_frames * fe.hop_length + fe.n_fft + 32 * fe.hop_length
     return _round_up(math.ceil(samples / model.hop_samples), _grid(model))
+
+
+def _chunk_timestamps(model: ABTEmbedder, chunk_seconds: float) -> int:
+    """Timestamps per chunk for ``chunk_seconds``: a positive multiple of the grid."""
+    grid = _grid(model)
+    return max(grid, _round_up(int(round(chunk_seconds * model.sample_rate / model.hop_samples)), grid))
+
+
+def one_shot_samples(model: ABTEmbedder, chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> int:
+    """Samples from which a file is streamed in chunks: shorter files are embedded in one HEAR API
+    call (``chunk_seconds`` plus the margin of :func:`timestamp_margin`; 121.4 s by default)."""
+    return model.hop_samples * (_chunk_timestamps(model, chunk_seconds) + timestamp_margin(model))
 
 
 def _grid(model: ABTEmbedder) -> int:
@@ -263,7 +278,8 @@ class FileResult:
     streamed: bool  # False: embedded in one HEAR API call
 
 
-def _check_finite(name: str, value: np.ndarray, peak: float) -> None:
+def check_finite(name: str, value: np.ndarray, peak: float) -> None:
+    """Raise FloatingPointError when a file's ``name`` ("scene" or "timestamp") embedding is not finite."""
     if not np.isfinite(value).all():
         raise FloatingPointError(
             f"its {name} embedding is not finite (NaN/Inf); the audio may be far too loud "
@@ -317,12 +333,9 @@ class _FileEmbedder:
     ):
         self.model, self.device = model, device
         self.scene, self.timestamps, self.on_timestamps = scene, timestamps, on_timestamps
-        grid = _grid(model)
-        self.chunk = max(
-            grid, _round_up(int(round(chunk_seconds * model.sample_rate / model.hop_samples)), grid)
-        )
+        self.chunk = _chunk_timestamps(model, chunk_seconds)
         self.margin = timestamp_margin(model)
-        self.one_shot_limit = model.hop_samples * (self.chunk + self.margin)
+        self.one_shot_limit = one_shot_samples(model, chunk_seconds)
         self.held: Optional[list[np.ndarray]] = []  # blocks of a file that may still fit in one chunk
         self.n_samples, self.peak = 0, 0.0
         self.ts_chunks: Optional[_TimestampChunks] = None
@@ -348,7 +361,7 @@ class _FileEmbedder:
         scene_out = None
         if self.scene_pool is not None:
             scene_out = self.scene_pool.result().cpu().numpy()
-            _check_finite("scene", scene_out, self.peak)
+            check_finite("scene", scene_out, self.peak)
         return FileResult(self.n_samples, self.model.num_timestamps(self.n_samples), scene_out, streamed=True)
 
     def _start_streaming(self) -> None:
@@ -376,7 +389,7 @@ class _FileEmbedder:
 
     def _deliver(self, items: Iterable[tuple[int, np.ndarray]]) -> None:
         for first, emb in items:
-            _check_finite("timestamp", emb, self.peak)
+            check_finite("timestamp", emb, self.peak)
             k = np.arange(first, first + len(emb), dtype=np.float64)
             if self.on_timestamps is not None:
                 self.on_timestamps(
@@ -392,11 +405,11 @@ class _FileEmbedder:
         scene_out = None
         if self.scene:
             scene_out = get_scene_embeddings(audio, self.model)[0].cpu().numpy()
-            _check_finite("scene", scene_out, self.peak)
+            check_finite("scene", scene_out, self.peak)
         if self.timestamps:
             emb, ts = get_timestamp_embeddings(audio, self.model)
             emb_np = emb[0].cpu().numpy()
-            _check_finite("timestamp", emb_np, self.peak)
+            check_finite("timestamp", emb_np, self.peak)
             if self.on_timestamps is not None:
                 self.on_timestamps(emb_np, ts[0].cpu().numpy())
         return FileResult(self.n_samples, n_ts, scene_out, streamed=False)

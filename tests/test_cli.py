@@ -258,14 +258,14 @@ def test_info_says_which_parameters_it_counts(tmp_path, capsys):
     assert "projector" in printed and "not exported" in printed
 
 
-def test_ctrl_c_in_the_middle_of_a_file_leaves_no_partial_arrays(tmp_path, monkeypatch):
-    """--out-dir: the file being embedded when Ctrl-C comes leaves no .npy (final or temporary), and
-    the folder has no index (an interrupted run); --out: the previous .npz stays."""
+def test_ctrl_c_in_the_middle_of_a_long_file_leaves_no_partial_arrays(tmp_path, monkeypatch):
+    """--out-dir: the long (streamed) file being embedded when Ctrl-C comes leaves no .npy (final or
+    temporary), and the folder has no index (an interrupted run); --out: the previous .npz stays."""
     import hear_abt.streaming
 
     weights = make_weights(tmp_path / "w")
     _tone_file(tmp_path / "a.wav")
-    _tone_file(tmp_path / "b.wav")
+    _tone_file(tmp_path / "b.wav", seconds=3.0)  # longer than a chunk of 0.5 s: streamed
     real_embed_file = hear_abt.streaming.embed_file
 
     def ctrl_c_in_b(path, model, **kwargs):
@@ -281,7 +281,7 @@ def test_ctrl_c_in_the_middle_of_a_file_leaves_no_partial_arrays(tmp_path, monke
     (tmp_path / "emb.npz").write_bytes(b"previous results")
     for out in (["--out-dir", str(tmp_path / "emb")], ["--out", str(tmp_path / "emb.npz")]):
         with pytest.raises(KeyboardInterrupt):
-            main(["embed", *files, *out, "--weights", str(weights), "--quiet"])
+            main(["embed", *files, *out, "--weights", str(weights), "--quiet", "--chunk-seconds", "0.5"])
     assert sorted(p.name for p in (tmp_path / "emb").rglob("*")) == [
         "000000.emb.npy",
         "000000.ms.npy",
@@ -289,3 +289,75 @@ def test_ctrl_c_in_the_middle_of_a_file_leaves_no_partial_arrays(tmp_path, monke
     ]
     assert (tmp_path / "emb.npz").read_bytes() == b"previous results"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_while_a_batched_file_is_written_leaves_no_partial_arrays(tmp_path, monkeypatch, workers):
+    """Short files, batched: Ctrl-C after the third file's rows reached its sink. The two files before it
+    are complete, the third leaves nothing, no index; the decoding threads are stopped."""
+    import threading
+
+    from hear_abt.embeddings_io import MemorySink, NpySink
+
+    weights = make_weights(tmp_path / "w")
+    files = [str(_tone_file(tmp_path / f"{i}.wav", freq=300.0 + 50 * i)) for i in range(6)]
+    calls = []
+    for cls in (NpySink, MemorySink):
+        real_call = cls.__call__
+
+        def ctrl_c_at_the_third(self, emb, ts, real_call=real_call):
+            real_call(self, emb, ts)
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(cls, "__call__", ctrl_c_at_the_third)
+    (tmp_path / "emb.npz").write_bytes(b"previous results")
+    for out in (["--out-dir", str(tmp_path / "emb")], ["--out", str(tmp_path / "emb.npz")]):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            main(["embed", *files, *out, "--weights", str(weights), "--quiet", "--decode-workers", workers])
+    names = sorted(p.name for p in (tmp_path / "emb").rglob("*"))
+    assert names == [f"00000{i}.{k}.npy" for i in range(2) for k in ("emb", "ms")] + ["timestamps"]
+    assert (tmp_path / "emb.npz").read_bytes() == b"previous results"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("hear-abt-decode")]
+
+
+def test_batch_options_are_checked_before_any_work(tmp_path, monkeypatch):
+    _tone_file(tmp_path / "a.wav")
+    calls = []
+    monkeypatch.setattr(hear_abt, "load_model", lambda *a, **k: calls.append(a))
+    for option, why in [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--decode-workers", "-1"], "--decode-workers must be 0 or more"),
+        (["--model-workers", "0"], "--model-workers must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit, match=why):
+            main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), *option])
+    with pytest.raises(SystemExit):  # argparse: not an integer
+        main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), "--batch-size", "2.5"])
+    assert calls == []
+
+
+def test_batched_and_one_by_one_commands_write_the_same_rows_and_the_bar_counts_files_and_audio(
+    tmp_path, capsys
+):
+    weights = make_weights(tmp_path / "w")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(7):
+        _tone_file(folder / f"{i}.wav", seconds=0.5 if i % 3 else 0.7, freq=200.0 + 60 * i)
+    (folder / "broken.wav").write_bytes(b"RIFF nope")
+    common = [str(folder), "--weights", str(weights)]
+    assert main(["embed", *common, "--out", str(tmp_path / "one.npz"), "--batch-size", "1", "--quiet"]) == 1
+    capsys.readouterr()
+    assert main(["embed", *common, "--out", str(tmp_path / "many.npz"), "--batch-size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "8/8 files" in err and "4/4 s audio" in err and "broken.wav" in err  # 3 x 0.7 s + 4 x 0.5 s
+    one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
+    assert one.files == many.files
+    for key in ("files", "failed", "timestamps_ms", "timestamp_offsets"):
+        np.testing.assert_array_equal(one[key], many[key])
+    for key in ("scene_embeddings", "timestamp_embeddings"):
+        np.testing.assert_allclose(many[key], one[key], rtol=0, atol=1e-6 * np.abs(one[key]).max())

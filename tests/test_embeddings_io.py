@@ -152,3 +152,60 @@ def test_a_rewritten_folder_drops_the_old_per_file_arrays(tmp_path):
     assert list((tmp_path / "emb" / "timestamps").iterdir()) == []
     index = open_embeddings(tmp_path / "emb")
     assert len(index["files"]) == 1 and index["scene_embeddings"].shape == (1, SCENE_D)
+
+
+def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monkeypatch):
+    """--out-dir fsyncs the per-file arrays in the background, but every one of them (and their
+    folder) before index.json is written; the index itself and the scene file are fsynced as ever."""
+    import os
+
+    from hear_abt import embeddings_io, fileio
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    index_written_after: list[list[str]] = []
+    real_write = embeddings_io.atomic_write_text
+
+    def recording_write(path, text):
+        index_written_after.append(list(synced))
+        real_write(path, text)
+
+    monkeypatch.setattr(embeddings_io, "atomic_write_text", recording_write)
+    out = tmp_path / "emb"
+    writer = FolderWriter(out, info())
+    assert isinstance(writer.syncer, fileio.FileSyncer)
+    for i in range(3):
+        emb, ms, scene = fake_file(i, 4)
+        with writer.file() as sink:
+            sink(emb, ms)
+        writer.add(tmp_path / f"a{i}.wav", Result(4 * 800, 4, scene, streamed=False), sink)
+    writer.finish([])
+
+    arrays = sorted(str(p.resolve()) for p in (out / "timestamps").iterdir())
+    assert len(arrays) == 6
+    (before_index,) = index_written_after
+    assert set(arrays) <= set(before_index)
+    assert str((out / "timestamps").resolve()) in before_index  # the renames, too
+    scene_tmp = str((out / ".scene_embeddings.npy.").resolve())  # fsynced before its rename, as before
+    assert any(path.startswith(scene_tmp) for path in before_index)
+    assert synced[-1].startswith(str(out.resolve()))  # the index's own temporary file, then renamed
+
+
+def test_a_failed_background_fsync_fails_the_run_naming_the_file(tmp_path):
+    from hear_abt.fileio import FileSyncer
+
+    syncer = FileSyncer()
+    good = tmp_path / "good.npy"
+    good.write_bytes(b"x")
+    syncer.add(good)
+    syncer.add(tmp_path / "vanished.npy")  # e.g. removed by someone else before it was synced
+    with pytest.raises(OSError, match="vanished.npy"):
+        syncer.wait()
+    syncer.add(good)  # usable again after the error was reported
+    syncer.wait()
