@@ -3,14 +3,16 @@
     python -m abt_eval.ablate --data DATA --task TASK_DIR --out OUT [--preset P] [key=value ...]
         [--set augment|batch|lambda|projector-depth|projector-out|crop|masking] [--only a,b]
         [--variant "NAME: key=value key=value"] [--grid key=v1,v2,...]
-        [--hear-tasks TASKS_DIR [--hear-grid faster]]
+        [--hear-tasks TASKS_DIR [--hear-grid faster]] [--probe-seeds N]
 
 Every variant is a ``python -m training.pretrain`` run in ``OUT/variants/<NAME>/run`` (the preset, the
 ``key=value`` overrides, then the variant's own settings), scored by linear evaluation
 (``training.linear_eval``) on TASK_DIR and, with ``--hear-tasks``, by the one-command heareval run
 (``abt_eval.hear_eval``) on every task there. Output: ``OUT/ablation.md``, ``ablation.csv`` and
-``ablation.png``. Resumable per variant: a scored variant (``result.json`` with the same settings) is not
-retrained, a killed one continues from its last checkpoint.
+``ablation.png``. With ``--probe-seeds N`` every score is the mean over N probe seeds (the linear
+classifier's; heareval's with ``--hear-tasks``), shown ± its 95 % interval, and the table says which
+variants a paired t-test cannot tell from the best. Resumable per variant: a scored variant
+(``result.json`` with the same settings) is not retrained, a killed one continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 from hear_abt.fileio import atomic_open, atomic_write_text
 from training import pretrain
 from training.config import PRESETS, build_config, parse_value
-from training.linear_eval import HearTask, LinearEvalSettings, evaluate, task_names
+from training.linear_eval import HearTask, LinearEvalSettings, task_names
 
 from .mdtable import cell, markdown_table
-from .search_args import shared_options
+from .search_args import probe_seed_list, seeded_linear_eval, shared_options
+from .stats import mean_interval, paired_t_test
 
 # Fig. A-3: combinations of the audio augmentation blocks (Mixup, RRC, RLF; Gaussian noise; PPN).
 AUGMENT = [
@@ -137,6 +140,8 @@ def run_variant(
         "max_clips": args.eval_max_clips,
         "crop": not args.no_eval_crop,
     }
+    if args.probe_seeds > 1:  # absent for one seed: results scored before the option stay cached
+        eval_settings["probe_seeds"] = args.probe_seeds
     result_file = folder / "result.json"
     old = json.loads(result_file.read_text()) if result_file.is_file() else {}
     if old and old.get("settings") == settings and old.get("eval") == eval_settings:
@@ -157,19 +162,14 @@ def run_variant(
 
     model = load_model(last, family=None)
     ls = LinearEvalSettings(seed=cfg.seed, crop_frames=None if args.no_eval_crop else cfg.crop_frames)
-    scores = {t.task_dir.name: evaluate(model, t, ls, args.device or "cpu") for t in tasks}
-    metrics_used = sorted({r.metric for r in scores.values()})
+    seeds = probe_seed_list(cfg.seed, args.probe_seeds)
     metrics = _last_row(run_dir / "metrics.csv")
     result = {
         "name": variant.name,
         "overrides": variant.overrides,
         "settings": settings,
         "eval": eval_settings,
-        # With several tasks: the mean over them (as abt_eval.sweep scores a trial), each one below.
-        "metric": metrics_used[0] if len(metrics_used) == 1 else "mean of " + "/".join(metrics_used),
-        "score": sum(r.score for r in scores.values()) / len(scores),
-        "valid_score": sum(r.valid_score for r in scores.values()) / len(scores),
-        "tasks": {name: {"score": r.score, "valid_score": r.valid_score} for name, r in scores.items()},
+        **linear_scores(model, tasks, ls, seeds, args.device or "cpu"),
         "final_loss": float(metrics["loss"]) if metrics.get("loss") else None,
         "steps": int(float(metrics["step"])) if metrics.get("step") else None,
         "train_seconds": round(seconds + (old.get("train_seconds") or 0.0), 1),
@@ -178,6 +178,40 @@ def run_variant(
     atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     result["status"] = "trained"
     return result
+
+
+def linear_scores(
+    model, tasks: list[HearTask], settings: LinearEvalSettings, seeds: list[int], device
+) -> dict:
+    """A variant's linear-evaluation fields of ``result.json``: with several tasks the mean over them (as
+    abt_eval.sweep scores a trial), each one under ``tasks``; with several probe seeds the mean over
+    them too, each seed's mean over the tasks under ``seed_scores`` / ``seed_valid_scores``."""
+    per_task = {t.task_dir.name: seeded_linear_eval(model, t, settings, seeds, device) for t in tasks}
+    metrics = sorted({runs[0].metric for runs in per_task.values()})
+
+    def by_seed(field: str) -> list[float]:
+        return [
+            sum(getattr(runs[i], field) for runs in per_task.values()) / len(per_task)
+            for i in range(len(seeds))
+        ]
+
+    test, valid = by_seed("score"), by_seed("valid_score")
+    return {
+        "metric": metrics[0] if len(metrics) == 1 else "mean of " + "/".join(metrics),
+        "score": sum(test) / len(seeds),
+        "valid_score": sum(valid) / len(seeds),
+        "probe_seeds": seeds,
+        "seed_scores": test,
+        "seed_valid_scores": valid,
+        "tasks": {
+            name: {
+                "score": sum(r.score for r in runs) / len(runs),
+                "valid_score": sum(r.valid_score for r in runs) / len(runs),
+                "seed_scores": [r.score for r in runs],
+            }
+            for name, runs in per_task.items()
+        },
+    }
 
 
 def hear_scores(
@@ -189,11 +223,13 @@ def hear_scores(
 
     hear_out = out / "hear"
     argv = ["--tasks-dir", str(args.hear_tasks), "--out", str(hear_out), "--grid", args.hear_grid]
+    argv += ["--seeds", str(args.probe_seeds)]
     for r in results:
         argv += ["--model", f"{r['name']}={r['checkpoint']}"]
     hear_eval.main(argv)  # failures are reported there; the pairs that worked are still collected
     tasks = hear_eval.list_tasks(Path(args.hear_tasks))
-    scores = collect_scores(hear_out, [r["name"] for r in results], tasks)
+    seeds = hear_eval.probe_seeds(args.probe_seeds)
+    scores = collect_scores(hear_out, [r["name"] for r in results], tasks, seeds=seeds)
     return {m: {t: s.value for t, s in per.items()} for m, per in scores.items()}
 
 
@@ -210,6 +246,16 @@ def write_table(
         + (" (the mean over them)" if len(eval_tasks) > 1 else "")
         + f"; {len(results)} variants.",
     ]
+    seeded = seed_columns(results)
+    if seeded:
+        n = len(results[0]["seed_scores"])
+        md[-1] += (
+            f" Scores: mean over {n} probe seeds; ± 95%: half-width of the Student-t interval over them; "
+            "vs best: paired t-test over the probe seeds (the same seeds for every variant) against the "
+            "variant with the best test mean. Indistinguishable from the best at 95%: "
+            + ", ".join(name for name, (_, v) in seeded.items() if v == "best" or v.startswith("indist"))
+            + "."
+        )
     paths = [out / "ablation.md", out / "ablation.csv", out / "ablation.png"]
     atomic_write_text(paths[0], "\n".join(md) + "\n")
     with atomic_open(paths[1], "w") as f:
@@ -217,24 +263,50 @@ def write_table(
         w.writerow(header)
         w.writerows([["" if v is None else v for v in row] for row in rows])
     metric = results[0]["metric"] if results else "score"
-    series = [(f"linear eval ({metric})", [r[2] for r in rows])]
+    errors = [seeded[r["name"]][0] for r in results] if seeded else None
+    series = [(f"linear eval ({metric})", [r[2] for r in rows], errors)]
     if header[-1] == "HEAR average":
-        series.append(("HEAR average", [r[-1] for r in rows]))
+        series.append(("HEAR average", [r[-1] for r in rows], None))
     _plot([r[0] for r in rows], series, paths[2])
     print("\n".join(md), flush=True)
     return paths
 
 
+def seed_columns(results: list[dict[str, Any]]) -> dict[str, tuple[float | None, str]] | None:
+    """``{variant: (95 % half-width of its test score, verdict against the best)}`` when the variants
+    were scored on several probe seeds (None otherwise). The best: the highest test mean among those
+    scored on as many seeds; a variant scored on another number of seeds gets no verdict."""
+    seeds = {r["name"]: r.get("seed_scores") or [r["score"]] for r in results}
+    if not any(len(v) > 1 for v in seeds.values()):
+        return None
+    n = max(len(v) for v in seeds.values())
+    comparable = {name: v for name, v in seeds.items() if len(v) == n}
+    best = max(comparable, key=lambda name: sum(comparable[name]) / n)
+    out: dict[str, tuple[float | None, str]] = {}
+    for name, values in seeds.items():
+        verdict = "-"
+        if name == best:
+            verdict = "best"
+        elif name in comparable:
+            test = paired_t_test(values, comparable[best])
+            verdict = f"{test.verdict} (p={test.p_value:.2g})"
+        out[name] = (mean_interval(values).half_width, verdict)
+    return out
+
+
 def table_rows(
     results: list[dict[str, Any]], hear: dict[str, dict[str, float]] | None
 ) -> tuple[list[str], list[list[Any]]]:
-    """The table's header and its rows (raw values; None: no value)."""
+    """The table's header and its rows (raw values; None: no value); with several probe seeds the test
+    score is followed by its 95 % half-width and the verdict against the best variant."""
     tasks = sorted({t for per in (hear or {}).values() for t in per})
     metric = results[0]["metric"] if results else "score"
+    seeded = seed_columns(results)
     header = [
         "variant",
         "settings",
         f"linear eval ({metric}, test)",
+        *(["± 95%", "vs best"] if seeded else []),
         "valid",
         "final loss",
         "steps",
@@ -250,6 +322,7 @@ def table_rows(
             r["name"],
             " ".join(r["overrides"]) or "(baseline)",
             r["score"],
+            *(list(seeded[r["name"]]) if seeded else []),
             r["valid_score"],
             None if r["final_loss"] is None else f"{r['final_loss']:.2f}",
         ]
@@ -264,8 +337,8 @@ def table_rows(
     return header, rows
 
 
-def _plot(names: list[str], series: list[tuple[str, list[Any]]], path: Path) -> None:
-    """Grouped bars: one group per variant, one bar per series."""
+def _plot(names: list[str], series: list[tuple[str, list[Any], list[Any] | None]], path: Path) -> None:
+    """Grouped bars: one group per variant, one bar per series (label, values, error bars or None)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,8 +348,10 @@ def _plot(names: list[str], series: list[tuple[str, list[Any]]], path: Path) -> 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(names)), 4.0))
     x = np.arange(len(names))
     width = 0.8 / len(series)
-    for i, (label, values) in enumerate(series):
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, [v or 0.0 for v in values], width, label=label)
+    for i, (label, values, errors) in enumerate(series):
+        yerr = [e or 0.0 for e in errors] if errors else None
+        offset = x + (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(offset, [v or 0.0 for v in values], width, label=label, yerr=yerr, capsize=2)
         for bar, v in zip(bars, values):
             ax.annotate(
                 cell(v)[:5],
@@ -328,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:  # every variant's settings checked before anything trains
             build_config(args.preset, list(args.overrides) + v.overrides)
         task_names(args.task)
+        probe_seed_list(0, args.probe_seeds)  # refuses N < 1 before anything trains
         tasks = [HearTask(t, args.eval_max_clips) for t in args.task]
     except (AblationError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     python -m abt_eval.hear_eval --tasks-dir TASKS --out OUT_DIR --model NAME=SOURCE [--model NAME=SOURCE ...]
         [--module hear_abt] [--random-baseline] [--logmel-reference] [--grid default|fast|faster] [--tasks a,b]
-        [--model-options JSON] [--seed 0] [--jobs N]
+        [--model-options JSON] [--seed 0] [--seeds 1] [--jobs N]
 
 What it runs, the output layout, the scores and "% vs random", resuming: ``docs/evaluation.md``
 ("One-command evaluation"). This module runs heareval (and builds the random-init baselines);
@@ -28,13 +28,17 @@ from hear_abt.weights import WEIGHTS_ENV, parse_hub_id
 
 from .hear_report import results_table, write_outputs
 from .hear_scores import (
+    HEAREVAL_SEED,
     LOGMEL_MODULE,
     LOGMEL_NAME,
     LOGMEL_SOURCE,
     SCORES_FILE,
     EvalError,
+    collect_clip_outcomes,
     collect_scores,
     embed_task_dir,
+    probe_seeds,
+    probe_task_dir,
 )
 
 DONE_EMBEDDINGS = ".done.embeddings"
@@ -42,6 +46,9 @@ PREDICTION_DONE = "prediction-done.json"
 GRIDS = ("default", "fast", "faster")
 RANDOM_SUFFIX = "-random"
 COMPAT_MODULE = "abt_eval.heareval_compat"  # run as `python -m`: works from an installed wheel
+SEEDED_MODULE = "abt_eval.seeded_predictions"  # the predictions runner with another probe seed
+# What heareval's predictions runner writes into a task folder: not linked into another seed's folder.
+PREDICTION_OUTPUTS = (SCORES_FILE, PREDICTION_DONE, "prediction.log")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 TAIL_LINES = 40
 
@@ -174,6 +181,7 @@ class PairResult:
     status: str  # "cached", "ok" or "failed"
     seconds: float = 0.0
     error: str = ""
+    note: str = ""  # e.g. how many probe seeds ran
 
 
 @dataclass
@@ -185,6 +193,7 @@ class EvalSettings:
     model_options: dict = dataclasses.field(default_factory=dict)
     python: str = sys.executable
     jobs: int = 1  # (model, task) pairs evaluated at once
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [HEAREVAL_SEED])  # probe seeds
 
 
 def _threads_per_job(jobs: int) -> int:
@@ -237,17 +246,39 @@ def embeddings_command(spec: ModelSpec, task: str, s: EvalSettings) -> list[str]
     return cmd
 
 
-def predictions_command(task_dir: Path, s: EvalSettings) -> list[str]:
-    return compat_command(s, "predictions") + [str(task_dir.resolve()), "--grid", s.grid]
+def predictions_command(task_dir: Path, s: EvalSettings, seed: int = HEAREVAL_SEED) -> list[str]:
+    """heareval's predictions runner on ``task_dir``; another seed than heareval's own goes through
+    ``abt_eval.seeded_predictions``."""
+    args = [str(task_dir.resolve()), "--grid", s.grid]
+    if seed == HEAREVAL_SEED:
+        return compat_command(s, "predictions") + args
+    return [s.python, "-m", SEEDED_MODULE, str(seed)] + args
+
+
+def link_embeddings(embed_dir: Path, probe_dir: Path) -> None:
+    """Give ``probe_dir`` (one probe seed's folder) symbolic links to the embeddings files of
+    ``embed_dir`` (not the predictions of heareval's own seed), so each seed trains on the same
+    embeddings and writes its predictions, checkpoints and scores into its own folder."""
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    for src in Path(embed_dir).iterdir():
+        if not src.is_file() or src.name.startswith(".") or src.name in PREDICTION_OUTPUTS:
+            continue
+        if src.name.endswith(".predictions.pkl"):
+            continue
+        link = probe_dir / src.name
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(src.resolve())
 
 
 def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
-    """Embeddings then predictions for one (model, task), skipping what is already done."""
+    """Embeddings once, then one probe training per seed, skipping what is already done."""
     start = time.time()
-    folder = embed_task_dir(
-        s.out_dir, spec.name, task, spec.module or s.module, None if spec.module else s.model_options
-    )
-    if (folder / SCORES_FILE).is_file():
+    module, options = spec.module or s.module, None if spec.module else s.model_options
+    folder = embed_task_dir(s.out_dir, spec.name, task, module, options)
+    probes = {seed: probe_task_dir(s.out_dir, spec.name, task, module, options, seed) for seed in s.seeds}
+    todo = [seed for seed, d in probes.items() if not (d / SCORES_FILE).is_file()]
+    if not todo:
         return PairResult(spec.name, task, "cached")
     log = log_path(s.out_dir, spec.name, task)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -264,12 +295,19 @@ def evaluate_pair(spec: ModelSpec, task: str, s: EvalSettings) -> PairResult:
         rc = run_logged(embeddings_command(spec, task, s), log, env, cwd)
         if rc != 0 or not (folder / DONE_EMBEDDINGS).is_file():
             return failed(f"embeddings runner failed (exit status {rc})")
-    # heareval skips a task with prediction-done.json: stale without the scores file.
-    (folder / PREDICTION_DONE).unlink(missing_ok=True)
-    rc = run_logged(predictions_command(folder, s), log, env, cwd)
-    if rc != 0 or not (folder / SCORES_FILE).is_file():
-        return failed(f"predictions runner failed (exit status {rc})")
-    return PairResult(spec.name, task, "ok", time.time() - start)
+    for seed in todo:
+        probe_dir = probes[seed]
+        if seed != HEAREVAL_SEED:
+            link_embeddings(folder, probe_dir)
+        # heareval skips a task with prediction-done.json: stale without the scores file.
+        (probe_dir / PREDICTION_DONE).unlink(missing_ok=True)
+        rc = run_logged(predictions_command(probe_dir, s, seed), log, env, cwd)
+        if rc != 0 or not (probe_dir / SCORES_FILE).is_file():
+            which = f" for probe seed {seed}" if len(s.seeds) > 1 else ""
+            return failed(f"predictions runner failed{which} (exit status {rc})")
+    cached = len(s.seeds) - len(todo)
+    note = f" ({len(todo)} probe seeds run, {cached} cached)" if len(s.seeds) > 1 else ""
+    return PairResult(spec.name, task, "ok", time.time() - start, note=note)
 
 
 def run_pairs(
@@ -291,7 +329,7 @@ def run_pairs(
     def report(res: PairResult) -> None:
         nonlocal done
         done += 1
-        line = f"[{done}/{total}] {res.model} / {res.task}: {res.status}"
+        line = f"[{done}/{total}] {res.model} / {res.task}: {res.status}{res.note}"
         if res.status != "cached":
             line += f" in {res.seconds:.1f} s (total {time.time() - t0:.0f} s)"
         if res.status == "failed":
@@ -369,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also evaluate the no-learning log-mel reference (abt_eval.logmel) as model `logmel`",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init baselines")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="probe trainings per (model, task), seeds 42 (heareval's own), 43, ... on the same "
+        "embeddings: the table gives mean ± 95%% interval and paired tests against the baselines",
+    )
     ap.add_argument("--grid", default="default", choices=GRIDS, help="heareval probe grid")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of the tasks in --tasks-dir")
     ap.add_argument("--model-options", default="{}", help="JSON dict of load_model kwargs (heareval option)")
@@ -394,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     random_failed = build_baselines(specs, args.seed)  # before any pair runs: their pairs need the weights
     results = run_pairs([(spec, task) for spec in specs for task in tasks], settings, random_failed)
     try:
-        scores = collect_scores(args.out, specs, tasks, settings.module, settings.model_options)
-        table = results_table(scores, baselines, tasks)
+        where = (args.out, specs, tasks, settings.module, settings.model_options, settings.seeds)
+        scores = collect_scores(*where)
+        table = results_table(scores, baselines, tasks, collect_clip_outcomes(*where))
         paths = write_outputs(args.out, table)
     except EvalError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -473,9 +519,10 @@ def _evaluation_plan(args) -> tuple[list[ModelSpec], dict[str, str], list[str], 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EvalError(f"model names must be unique (a baseline is NAME{RANDOM_SUFFIX}): {dupes}")
-    if args.jobs < 1:
-        raise EvalError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs < 1 or args.seeds < 1:
+        raise EvalError(f"--jobs and --seeds must be >= 1, got {args.jobs} and {args.seeds}")
     settings = EvalSettings(args.tasks_dir, args.out, args.module, args.grid, options, jobs=args.jobs)
+    settings.seeds = probe_seeds(args.seeds)
     return specs, baselines, tasks, settings
 
 

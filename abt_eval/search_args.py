@@ -1,9 +1,12 @@
 """The command-line options ``abt_eval.sweep`` and ``abt_eval.ablate`` share: what to pre-train on, the
-base settings, the linear evaluation's task(s), the output folder and the device (docs/search.md)."""
+base settings, the linear evaluation's task(s) and probe seeds, the output folder and the device
+(docs/search.md); and the linear evaluation over several probe seeds both run."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import replace
 
 
 def shared_options(out_help: str, overrides_help: str) -> argparse.ArgumentParser:
@@ -29,4 +32,33 @@ def shared_options(out_help: str, overrides_help: str) -> argparse.ArgumentParse
         "--no-eval-crop", action="store_true", help="embed whole clips (default: crop to crop_frames)"
     )
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    ap.add_argument(
+        "--probe-seeds",
+        type=int,
+        default=1,
+        help="score with N linear-probe seeds (SEED, SEED+1, ...) on the same embeddings: the score is "
+        "their mean, and the report says which runs are indistinguishable from the best (paired t)",
+    )
     return ap
+
+
+def probe_seed_list(seed: int, n: int) -> list[int]:
+    """The probe seeds of ``--probe-seeds n`` for a run of ``seed``: ``seed``, ``seed + 1``, ..."""
+    if n < 1:
+        raise ValueError(f"--probe-seeds must be >= 1, got {n}")
+    return [seed + i for i in range(n)]
+
+
+def seeded_linear_eval(model, task, settings, seeds: Sequence[int], device) -> list:
+    """``training.linear_eval`` of ``model`` on ``task`` once per probe seed: the embeddings once (their
+    crops seeded by ``settings.seed``), then the classifier with each seed (its initialisation, batch
+    order and any carved validation split). ``seeds == [settings.seed]`` is exactly ``evaluate``."""
+    import torch
+
+    from training.linear_eval import embed_task, score_embeddings
+
+    s = settings.validate()
+    device = torch.device(device)
+    model.to(device).eval()
+    embeddings = embed_task(model, task, device, s)
+    return [score_embeddings(embeddings, task, replace(s, seed=seed)) for seed in seeds]

@@ -3,7 +3,7 @@
     python -m abt_eval.sweep --data DATA --task TASK_DIR --out OUT [--preset P] [key=value ...]
         [--space-preset paper-lars|paper-adamw] [--space KEY=SPEC ...] [--space-file F.json|.yaml]
         [--n-trials 16] [--sampler tpe|random] [--pruner hyperband|median|none|threshold:X]
-        [--report-unit epoch|steps] [--report-every N] [--storage URL] [--study-name NAME]
+        [--report-unit epoch|steps] [--report-every N] [--probe-seeds N] [--storage URL] [--study-name NAME]
 
 Each trial is a real pre-training run (``training.engine.build``/``train_step``, in this process) with
 the trial's settings on top of the preset and the ``key=value`` overrides; after every epoch (or every
@@ -42,10 +42,11 @@ from hear_abt.fileio import atomic_write_text
 from training import engine
 from training.config import TrainConfig
 from training.data import ShardDataset
-from training.linear_eval import HearTask, LinearEvalSettings, evaluate_encoder, task_names
+from training.linear_eval import HearTask, LinearEvalSettings, embedder_copy, task_names
 from training.loop import steps
 
-from .search_args import shared_options
+from .search_args import probe_seed_list, seeded_linear_eval, shared_options
+from .stats import mean_interval
 from .sweep_report import write_report
 from .sweep_space import (
     SPACE_PRESETS,
@@ -72,33 +73,47 @@ def report_steps(total_steps: int, steps_per_epoch: int, unit: str, every: int) 
 
 
 ScoreFn = Callable[[torch.nn.Module, ModelConfig, TrainConfig], float]
+# One task's scores of an encoder, one per probe seed.
+SeedScoreFn = Callable[[torch.nn.Module, ModelConfig, TrainConfig], list[float]]
 
 
 def linear_score_fn(
-    task: HearTask, settings: LinearEvalSettings, split: str, crop: bool, device: torch.device
-) -> ScoreFn:
-    """Linear evaluation of a training encoder on ``task``: the ``split`` score ("test", the paper's, or
-    "valid"), inputs cropped to the run's crop_frames when ``crop``."""
+    task: HearTask,
+    settings: LinearEvalSettings,
+    split: str,
+    crop: bool,
+    device: torch.device,
+    seeds: list[int] | None = None,
+) -> SeedScoreFn:
+    """Linear evaluation of a training encoder on ``task`` with each probe seed (default: the settings'
+    one): the ``split`` scores ("test", the paper's, or "valid"), inputs cropped to the run's
+    crop_frames when ``crop``, embedded once for all seeds."""
 
-    def score(encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
+    def score(encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> list[float]:
         s = replace(settings, crop_frames=cfg.crop_frames if crop else None)
-        result = evaluate_encoder(encoder, model_config, task, s, device)
-        return result.score if split == "test" else result.valid_score
+        model = embedder_copy(encoder, model_config, device)
+        results = seeded_linear_eval(model, task, s, seeds or [s.seed], device)
+        return [r.score if split == "test" else r.valid_score for r in results]
 
     return score
 
 
 class MeanScore:
-    """The mean of several tasks' scores (the objective when ``--task`` is given more than once); the
-    last call's per-task scores stay in ``last`` for the trial's records."""
+    """The mean over several tasks (the objective when ``--task`` is given more than once) and probe
+    seeds; the last call's per-task means stay in ``last`` and its per-seed means over the tasks in
+    ``last_seeds``, for the trial's records."""
 
-    def __init__(self, fns: dict[str, ScoreFn]):
+    def __init__(self, fns: dict[str, SeedScoreFn]):
         self.fns = fns
         self.last: dict[str, float] = {}
+        self.last_seeds: list[float] = []
 
     def __call__(self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
-        self.last = {name: float(fn(encoder, model_config, cfg)) for name, fn in self.fns.items()}
-        return sum(self.last.values()) / len(self.last)
+        per_task = {name: [float(v) for v in fn(encoder, model_config, cfg)] for name, fn in self.fns.items()}
+        self.last = {name: sum(v) / len(v) for name, v in per_task.items()}
+        by_seed = list(zip(*per_task.values()))
+        self.last_seeds = [sum(v) / len(v) for v in by_seed]
+        return sum(self.last_seeds) / len(self.last_seeds)
 
 
 def pretrain_with_reports(
@@ -133,19 +148,26 @@ def build_score_fn(args: argparse.Namespace, seed: int, device: torch.device) ->
         names = task_names(args.task)
     except ValueError as err:
         raise SweepError(f"--task: {err}") from err
-    fns: dict[str, ScoreFn] = {}
+    if args.probe_seeds > 1 and args.eval_protocol == "logreg":
+        raise SweepError("--probe-seeds needs --eval-protocol linear (the logreg probe has no seed)")
+    try:
+        seeds = probe_seed_list(seed, args.probe_seeds)
+    except ValueError as err:
+        raise SweepError(str(err)) from err
+    fns: dict[str, SeedScoreFn] = {}
     for name, task_dir in zip(names, args.task):
         if args.eval_protocol == "logreg":  # the cheap probe: logistic regression, accuracy on valid
             from training.probe import LinearProbe
 
             probe = LinearProbe(task_dir, args.eval_max_clips or 2000)
-            fns[name] = lambda encoder, model_config, cfg, probe=probe: probe.score(
-                encoder, model_config, device
-            )
+            fns[name] = lambda encoder, model_config, cfg, probe=probe: [
+                probe.score(encoder, model_config, device)
+            ]
         else:
             task = HearTask(task_dir, args.eval_max_clips, seed)
             settings = LinearEvalSettings(seed=seed)
-            fns[name] = linear_score_fn(task, settings, args.eval_split, not args.no_eval_crop, device)
+            crop = not args.no_eval_crop
+            fns[name] = linear_score_fn(task, settings, args.eval_split, crop, device, seeds)
     return MeanScore(fns)
 
 
@@ -159,6 +181,7 @@ class TrialReporter:
         self.rows = [",".join(["report", "step", "score", *self.names, "loss", "seconds"])]
         self.scores: list[float] = []
         self.per_task: list[dict[str, float]] = []
+        self.per_seed: list[list[float]] = []  # per report: the score of each probe seed
 
     def __call__(self, index: int, step: int, score: float, loss: float) -> None:
         import optuna
@@ -166,6 +189,7 @@ class TrialReporter:
         trial = self.trial
         self.scores.append(score)
         self.per_task.append(dict(self.score_fn.last))
+        self.per_seed.append(list(self.score_fn.last_seeds))
         detail = ",".join(f"{self.per_task[-1][n]:.6g}" for n in self.names)
         self.rows.append(
             f"{index},{step},{score:.6g},{detail},{loss:.6g},{time.perf_counter() - self.t0:.1f}"
@@ -173,14 +197,19 @@ class TrialReporter:
         atomic_write_text(self.trial_dir / "reports.csv", "\n".join(self.rows) + "\n")
         trial.set_user_attr("scores", self.scores)
         trial.set_user_attr("task_scores", self.per_task)
+        if len(self.per_seed[-1]) > 1:
+            trial.set_user_attr("seed_scores", self.per_seed)
         trial.report(score, index)
         tasks_text = (
             f" ({', '.join(f'{n} {v:.3f}' for n, v in self.per_task[-1].items())})"
             if len(self.names) > 1
             else ""
         )
+        seeds = self.per_seed[-1]
+        spread = mean_interval(seeds).half_width if len(seeds) > 1 else None
+        seeds_text = f" ± {spread:.4f} ({len(seeds)} probe seeds)" if spread is not None else ""
         print(
-            f"  trial {trial.number} report {index} (step {step}): score {score:.4f}{tasks_text}, "
+            f"  trial {trial.number} report {index} (step {step}): score {score:.4f}{seeds_text}{tasks_text}, "
             f"loss {loss:.2f}",
             flush=True,
         )
@@ -227,7 +256,11 @@ class Objective:
                 from hear_abt.weights import save_pretrained
 
                 save_pretrained(trial_dir / "model", model_config, state.net.encoder.state_dict())
-            return max(reporter.scores) if self.objective == "best" else reporter.scores[-1]
+            scores = reporter.scores
+            chosen = scores.index(max(scores)) if self.objective == "best" else len(scores) - 1
+            if len(reporter.per_seed[chosen]) > 1:  # what sweep_report's paired tests compare
+                trial.set_user_attr("objective_seeds", reporter.per_seed[chosen])
+            return scores[chosen]
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
             raise
@@ -357,19 +390,20 @@ def _jsonable(value: Any) -> Any:
 
 def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[str, Any]) -> dict[str, Any]:
     """What a resumed sweep must repeat: the base settings, the space and how trials are scored."""
-    return _jsonable(
-        {
-            "preset": args.preset,
-            "overrides": list(args.overrides),
-            "fixed": fixed,
-            "space": {p.name: p.describe() for p in params},
-            "task": [str(Path(t).resolve()) for t in args.task],
-            "data": str(Path(args.data).resolve()),
-            "report": [args.report_unit, args.report_every],
-            "eval": [args.eval_protocol, args.eval_split, args.eval_max_clips, not args.no_eval_crop],
-            "objective": args.objective,
-        }
-    )
+    record = {
+        "preset": args.preset,
+        "overrides": list(args.overrides),
+        "fixed": fixed,
+        "space": {p.name: p.describe() for p in params},
+        "task": [str(Path(t).resolve()) for t in args.task],
+        "data": str(Path(args.data).resolve()),
+        "report": [args.report_unit, args.report_every],
+        "eval": [args.eval_protocol, args.eval_split, args.eval_max_clips, not args.no_eval_crop],
+        "objective": args.objective,
+    }
+    if args.probe_seeds > 1:  # absent for one seed: studies started before the option continue
+        record["probe_seeds"] = args.probe_seeds
+    return _jsonable(record)
 
 
 def open_study(

@@ -1,5 +1,7 @@
 """What ``abt_eval.sweep`` writes about a study: ``trials.csv``, ``importances.json`` (fANOVA over the
-completed trials), ``best.json``, ``summary.md`` and Optuna's plots as PNG files (docs/search.md)."""
+completed trials), ``best.json``, ``summary.md`` and Optuna's plots as PNG files (docs/search.md).
+With ``--probe-seeds N`` each completed trial also gets its 95 % interval over the probe seeds and a
+paired t-test against the best trial (same seeds), which says the trials the best is not better than."""
 
 from __future__ import annotations
 
@@ -14,6 +16,39 @@ from typing import Any
 from hear_abt.fileio import atomic_write_text
 
 from .mdtable import cell, markdown_table
+from .stats import Comparison, mean_interval, paired_t_test
+
+
+def vs_best(trials) -> dict[int, tuple[float | None, Comparison | None]]:
+    """``{trial number: (95 % half-width, paired t-test against the best)}`` for the completed trials
+    scored on several probe seeds (user attribute ``objective_seeds``); the best trial's test is None.
+    Trials scored on another number of seeds than the best are not compared."""
+    from optuna.trial import TrialState
+
+    seeded = {
+        t.number: (t.value, list(t.user_attrs["objective_seeds"]))
+        for t in trials
+        if t.state == TrialState.COMPLETE and len(t.user_attrs.get("objective_seeds") or []) > 1
+    }
+    if not seeded:
+        return {}
+    best = max(seeded, key=lambda n: seeded[n][0])
+    out: dict[int, tuple[float | None, Comparison | None]] = {}
+    for number, (_, values) in seeded.items():
+        test = None
+        if number != best and len(values) == len(seeded[best][1]):
+            test = paired_t_test(values, seeded[best][1])
+        out[number] = (mean_interval(values).half_width, test)
+    return out
+
+
+def verdict_text(result: tuple[float | None, Comparison | None] | None) -> str:
+    if result is None:
+        return ""
+    _, test = result
+    if test is None:
+        return "best"
+    return f"{test.verdict} (p={test.p_value:.2g})" if test.p_value is not None else test.verdict
 
 
 def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
@@ -23,7 +58,8 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
     paths = {"csv": out / "trials.csv", "md": out / "summary.md"}
-    write_trials_csv(trials, names, paths["csv"])
+    compared = vs_best(trials)
+    write_trials_csv(trials, names, paths["csv"], compared)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     importances, note = fanova_importances(study, len(complete), seed)
     paths["importances"] = out / "importances.json"
@@ -39,6 +75,10 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
             "params": b.params,
             "seconds": b.user_attrs.get("seconds"),
         }
+        if b.number in compared:
+            best["probe_seed_scores"] = b.user_attrs["objective_seeds"]
+            best["half_width_95"] = compared[b.number][0]
+            best["indistinguishable_from_best"] = same_as_best(compared)
         paths["best"] = out / "best.json"
         atomic_write_text(paths["best"], json.dumps(best, indent=2) + "\n")
     plots = save_plots(study, out / "plots", importances_ok=bool(importances))
@@ -52,8 +92,9 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
         if best
         else "Best: none yet",
         "",
-        *trials_table(trials, names),
+        *trials_table(trials, names, compared),
         "",
+        *seed_summary(compared),
         "fANOVA importances: " + (", ".join(f"{k} {v:.2f}" for k, v in importances.items()) or note),
         "",
         "Plots: " + ", ".join(p.name for p in plots),
@@ -63,16 +104,49 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def write_trials_csv(trials, names: list[str], path: Path) -> None:
+def same_as_best(compared: dict[int, tuple[float | None, Comparison | None]]) -> list[int]:
+    """The trials a paired t-test cannot tell from the best (the best among them)."""
+    return sorted(
+        n for n, (_, test) in compared.items() if test is None or test.verdict.startswith("indistinguishable")
+    )
+
+
+def seed_summary(compared: dict[int, tuple[float | None, Comparison | None]]) -> list[str]:
+    if not compared:
+        return []
+    n_seeds = next((t.n for _, t in compared.values() if t is not None), None)
+    seeds = f" over {n_seeds} probe seeds" if n_seeds else ""
+    return [
+        f"Indistinguishable from the best at 95% (paired t{seeds}, the same seeds for every trial): "
+        + ", ".join(f"trial {n}" for n in same_as_best(compared)),
+        "",
+    ]
+
+
+def write_trials_csv(
+    trials,
+    names: list[str],
+    path: Path,
+    compared: dict[int, tuple[float | None, Comparison | None]] | None = None,
+) -> None:
+    """One row per trial; with probe seeds, the 95 % half-width and the verdict against the best."""
+    compared = compared or {}
+    extra = ["half_width_95", "vs_best"] if compared else []
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", "value", *names, "reports", "seconds", "error"])
+        w.writerow(["number", "state", "value", *names, "reports", "seconds", "error", *extra])
         for t in trials:
-            w.writerow(
-                [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}"]
-                + [t.params.get(n, "") for n in names]
-                + [len(t.intermediate_values), t.user_attrs.get("seconds", ""), t.user_attrs.get("error", "")]
-            )
+            row = [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}"]
+            row += [t.params.get(n, "") for n in names]
+            row += [
+                len(t.intermediate_values),
+                t.user_attrs.get("seconds", ""),
+                t.user_attrs.get("error", ""),
+            ]
+            if compared:
+                half = compared.get(t.number, (None, None))[0]
+                row += ["" if half is None else f"{half:.6g}", verdict_text(compared.get(t.number))]
+            w.writerow(row)
 
 
 def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, float], str]:
@@ -88,14 +162,22 @@ def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, flo
         return {}, f"fANOVA importances not computed: {err}"
 
 
-def trials_table(trials, names: list[str]) -> list[str]:
-    """The markdown table of ``summary.md``: one row per trial."""
+def trials_table(
+    trials, names: list[str], compared: dict[int, tuple[float | None, Comparison | None]] | None = None
+) -> list[str]:
+    """The markdown table of ``summary.md``: one row per trial (score ± 95 % and "vs best" with seeds)."""
+    compared = compared or {}
     header = ["trial", "state", "score", *names, "per task (last report)", "reports", "s", "error"]
+    if compared:
+        header.insert(3, "vs best")
     rows = []
     for t in trials:
         last_tasks = (t.user_attrs.get("task_scores") or [{}])[-1]
+        half = compared.get(t.number, (None, None))[0]
+        score = cell(t.value, ".4f") + (f" ± {half:.4f}" if half is not None else "")
+        verdict = [verdict_text(compared.get(t.number)) or "-"] if compared else []
         rows.append(
-            [str(t.number), t.state.name, cell(t.value, ".4f")]
+            [str(t.number), t.state.name, score, *verdict]
             + [cell(t.params.get(n), ".3g", missing="") for n in names]
             + [
                 ", ".join(f"{k} {v:.3f}" for k, v in last_tasks.items()) or "-",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 from test_linear_eval import write_tone_task
@@ -118,5 +119,63 @@ def test_sweep_and_ablate_share_their_common_options():
     a = ablate.build_parser().parse_intermixed_args(common)
     s = sweep.build_parser().parse_intermixed_args(common)
     shared = {action.dest for action in shared_options("", "")._actions}
-    assert len(shared) == 8 and all(getattr(a, k) == getattr(s, k) for k in shared)
+    assert len(shared) == 9 and all(getattr(a, k) == getattr(s, k) for k in shared)
+    assert a.probe_seeds == 1
     assert a.overrides == ["lambd=0.01"] and a.task == ["t"] and a.no_eval_crop
+
+
+def seeded_result(name: str, seed_scores: list[float]) -> dict:
+    """A result.json as run_variant writes it with --probe-seeds."""
+    mean = sum(seed_scores) / len(seed_scores)
+    return {
+        "name": name,
+        "overrides": [f"x={name}"],
+        "metric": "accuracy",
+        "score": mean,
+        "valid_score": mean - 0.1,
+        "seed_scores": seed_scores,
+        "tasks": {"tones": {"score": mean, "valid_score": mean - 0.1}},
+        "final_loss": 1.0,
+        "steps": 6,
+        "train_seconds": 3.0,
+    }
+
+
+def test_table_says_which_variants_are_indistinguishable_from_the_best(tmp_path):
+    results = [
+        seeded_result("a", [0.60, 0.62, 0.58]),  # the best mean, 0.6
+        seeded_result("b", [0.59, 0.63, 0.55]),  # differences -0.01 +0.01 -0.03: indistinguishable
+        seeded_result("c", [0.40, 0.41, 0.45]),  # differences -0.20 -0.21 -0.13: worse
+    ]
+    seeded = ablate.seed_columns(results)
+    assert seeded["a"] == (pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6), "best")
+    assert seeded["b"][1].startswith("indistinguishable at 95% (p=")
+    se = math.sqrt(0.0019) / math.sqrt(3)  # the worked example of tests/test_stats.py, sign flipped
+    t = 0.18 / se
+    assert seeded["c"][1] == f"worse (p={1 - t / math.sqrt(2 + t * t):.2g})"
+    ablate.write_table(tmp_path, results, None)
+    with open(tmp_path / "ablation.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert rows["c"]["vs best"].startswith("worse") and rows["a"]["vs best"] == "best"
+    assert float(rows["a"]["± 95%"]) == pytest.approx(0.049683, abs=1e-6)
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| a | x=a | 0.6000 | 0.0497 | best |" in md
+    assert "Indistinguishable from the best at 95%: a, b." in md
+    # One seed (results scored before --probe-seeds, or N = 1): no such columns.
+    assert ablate.seed_columns([seeded_result("a", [0.6]), seeded_result("b", [0.5])]) is None
+
+
+def test_probe_seeds_score_each_variant_several_times(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, "--eval-max-clips", "6"]
+    assert ablate.main([*argv, "--only", "rlf", "--probe-seeds", "3"]) == 0
+    result = json.loads((out / "variants" / "rlf" / "result.json").read_text())
+    seed = result["settings"]["train"]["seed"]
+    assert result["probe_seeds"] == [seed, seed + 1, seed + 2] and len(result["seed_scores"]) == 3
+    assert result["score"] == pytest.approx(sum(result["seed_scores"]) / 3)
+    assert result["eval"]["probe_seeds"] == 3
+    with open(out / "ablation.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["vs best"] == "best" and row["± 95%"] != ""
+    assert ablate.main([*argv, "--only", "rlf", "--probe-seeds", "0"]) == 2

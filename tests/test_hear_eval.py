@@ -155,7 +155,7 @@ def test_collect_scores_reads_each_models_folder(tmp_path):
         (d / "test.predicted-scores.json").write_text(json.dumps(scores_kfold(folds)))
     write_task(hear_eval.embed_task_dir(out, "a", "unfinished"), ["top1_acc"])  # no scores yet
     scores = collect_scores(out, ["a", "b"], ["words", "kf", "unfinished"])
-    assert scores["a"]["words"] == TaskScore("top1_acc", 0.5)
+    assert scores["a"]["words"] == TaskScore("top1_acc", 0.5, seeds=((42, 0.5),))
     assert scores["b"]["kf"].value == pytest.approx(0.3) and scores["b"]["kf"].metric == "mAP"
     assert "unfinished" not in scores["a"]
 
@@ -244,15 +244,19 @@ def test_write_outputs(tmp_path):
 class FakeHeareval:
     """Stands in for ``run_logged``: does what the two runners leave on disk."""
 
-    def __init__(self, accuracy: dict[str, float] | None = None, fail_tasks=()):
+    def __init__(self, accuracy: dict[str, float] | None = None, fail_tasks=(), seed_effect=None):
         self.calls: list[tuple[str, str, dict]] = []  # (mode, task, env)
         self.cmds: list[list[str]] = []
         self.accuracy = accuracy or {}
         self.fail_tasks = set(fail_tasks)
+        # (model, probe seed) -> what that seed adds to the model's accuracy (default: nothing)
+        self.seed_effect = seed_effect or (lambda model, seed: 0.0)
 
     def __call__(self, cmd, log_file, env, cwd):
         cmd = list(cmd)
         self.cmds.append(cmd)
+        if cmd[:3] == [sys.executable, "-m", hear_eval.SEEDED_MODULE]:  # another probe seed
+            return self.predict(Path(cmd[4]), int(cmd[3]), log_file, env)
         assert cmd[:3] == [sys.executable, "-m", "abt_eval.heareval_compat"]
         mode = cmd[3]
         if mode == "embeddings":
@@ -267,13 +271,20 @@ class FakeHeareval:
             )
             (d / ".done.embeddings").touch()
             return 0
-        d = Path(cmd[4])
-        self.calls.append((mode, d.name, dict(env)))
-        if d.name in self.fail_tasks:
+        return self.predict(Path(cmd[4]), 42, log_file, env)
+
+    def predict(self, d: Path, seed: int, log_file, env) -> int:
+        """The predictions runner on ``d``: heareval's own seed in the embeddings folder, others in
+        OUT/probes/<model>/<module>/<task>/seed-<seed>, whose embeddings must be links."""
+        task_dir = d if seed == 42 else d.parent
+        if seed != 42:
+            assert d.name == f"seed-{seed}" and (d / "task_metadata.json").is_symlink()
+        self.calls.append(("predictions", task_dir.name, dict(env)))
+        if task_dir.name in self.fail_tasks:
             log_file.open("a").write("Traceback ...\nValueError: boom from the probe\n")
             return 1
-        model = d.parent.parent.name
-        acc = self.accuracy.get(model, 0.5)
+        model = task_dir.parent.parent.name
+        acc = self.accuracy.get(model, 0.5) + self.seed_effect(model, seed)
         (d / "test.predicted-scores.json").write_text(json.dumps(scores_trainvaltest({"top1_acc": acc})))
         (d / "prediction-done.json").write_text("{}")
         return 0
@@ -443,6 +454,178 @@ def test_compat_runner_is_a_module_of_the_package():
     assert proc.returncode != 0 and "usage: python -m abt_eval.heareval_compat" in proc.stderr
 
 
+# ---- probe seeds: intervals, paired tests, reuse ----------------------------------------------------
+
+# Probe seed -> what it adds to each model's accuracy: abt 0.60 0.62 0.58, abt-random 0.40 0.41 0.45
+# (the worked example of tests/test_stats.py: paired differences 0.20 0.21 0.13).
+SEED_EFFECT = {
+    "abt": {42: 0.0, 43: 0.02, 44: -0.02, 45: 0.0},
+    "abt-random": {42: 0.0, 43: 0.01, 44: 0.05, 45: 0.0},
+}
+
+
+def seeded_fake():
+    return FakeHeareval({"abt": 0.6, "abt-random": 0.4}, seed_effect=lambda m, s: SEED_EFFECT[m][s])
+
+
+def test_seeds_share_the_embeddings_and_a_rerun_reuses_finished_seeds(
+    tmp_path, tasks_dir, tiny_model, monkeypatch, capsys
+):
+    fake = seeded_fake()
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    out = tmp_path / "out"
+    argv = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", f"abt={tiny_model}"]
+    argv += ["--random-baseline", "--seeds", "3"]
+    assert hear_eval.main(argv) == 0
+    modes = [m for m, _, _ in fake.calls]
+    assert modes.count("embeddings") == 4 and modes.count("predictions") == 12  # 2 models x 2 tasks
+    seeded = [c for c in fake.cmds if c[2] == hear_eval.SEEDED_MODULE]
+    assert sorted({c[3] for c in seeded}) == ["43", "44"] and len(seeded) == 8
+    # Each seed has its own scores; heareval's own (42) stays where it always was.
+    files = {
+        seed: hear_eval.probe_task_dir(out, "abt", "words", seed=seed) / "test.predicted-scores.json"
+        for seed in (42, 43, 44)
+    }
+    assert files[42].parent == hear_eval.embed_task_dir(out, "abt", "words")
+    assert files[43].parent == out / "probes" / "abt" / "hear_abt" / "words" / "seed-43"
+    accs = {s: json.loads(f.read_text())["test"]["test_top1_acc"] for s, f in files.items()}
+    assert accs == pytest.approx({42: 0.60, 43: 0.62, 44: 0.58})
+    text = capsys.readouterr().out
+    half = 4.302653 * 0.02 / math.sqrt(3)  # s = 0.02 over 3 seeds, t(0.975, 2)
+    assert f"| words | top1_acc ↑ | 0.6000 ± {half:.4f} |" in text
+    assert "(3 probe seeds run, 0 cached)" in text
+    # Rerun: every seed cached, nothing runs.
+    fake.calls.clear()
+    assert hear_eval.main(argv) == 0
+    assert fake.calls == [] and capsys.readouterr().out.count(": cached") == 4
+    # One seed's scores gone: only that probe runs again, on the embeddings already there.
+    files[43].unlink()
+    assert hear_eval.main(argv) == 0
+    assert [(m, t) for m, t, _ in fake.calls] == [("predictions", "words")]
+    assert "(1 probe seeds run, 2 cached)" in capsys.readouterr().out
+    # One more seed: only seed 45, once per pair.
+    fake.calls.clear()
+    fake.cmds.clear()
+    assert hear_eval.main(argv[:-1] + ["4"]) == 0
+    assert [c[3] for c in fake.cmds] == ["45"] * 4 and len(fake.calls) == 4
+    scores = collect_scores(out, ["abt"], ["words"], seeds=hear_eval.probe_seeds(4))
+    assert [seed for seed, _ in scores["abt"]["words"].seeds] == [42, 43, 44, 45]
+
+
+def test_seed_folders_link_the_embeddings_not_the_predictions(tmp_path):
+    embed = tmp_path / "emb"
+    embed.mkdir()
+    for name in ("task_metadata.json", "train.embeddings.npy", "test.target-labels.pkl", ".done.embeddings"):
+        (embed / name).write_text(name)
+    for name in (
+        "test.predicted-scores.json",
+        "prediction-done.json",
+        "prediction.log",
+        "test.predictions.pkl",
+    ):
+        (embed / name).write_text("heareval's own seed")
+    (embed / "train").mkdir()  # per-clip embeddings: not read by the predictions runner
+    probe = tmp_path / "probe" / "seed-43"
+    hear_eval.link_embeddings(embed, probe)
+    hear_eval.link_embeddings(embed, probe)  # again: nothing changes
+    linked = sorted(p.name for p in probe.iterdir())
+    assert linked == ["task_metadata.json", "test.target-labels.pkl", "train.embeddings.npy"]
+    assert all((probe / n).is_symlink() and (probe / n).read_text() == n for n in linked)
+
+
+def seed_scores(metric: str, values: dict[int, float]) -> TaskScore:
+    return TaskScore(metric, sum(values.values()) / len(values), seeds=tuple(values.items()))
+
+
+def test_table_shows_intervals_and_paired_verdicts(tmp_path):
+    scores = {
+        "abt": {
+            "words": seed_scores("top1_acc", {42: 0.60, 43: 0.62, 44: 0.58}),
+            "voices": seed_scores("top1_acc", {42: 0.50, 43: 0.55, 44: 0.45}),
+            "events": seed_scores("segment_1s_er", {42: 0.50, 43: 0.52, 44: 0.51}),
+        },
+        "abt-random": {
+            "words": seed_scores("top1_acc", {42: 0.40, 43: 0.41, 44: 0.45}),
+            "voices": seed_scores("top1_acc", {42: 0.52, 43: 0.50, 44: 0.47}),
+            "events": seed_scores("segment_1s_er", {42: 0.80, 43: 0.83, 44: 0.80}),
+        },
+    }
+    table = results_table(scores, {"abt": "abt-random"}, ["words", "voices", "events"])
+    verdicts = {(c.task, c.result.method): c.result for c in table.comparisons}
+    words = verdicts[("words", "paired t over 3 seeds")]
+    assert words.verdict == "better" and words.mean_diff == pytest.approx(0.18)
+    assert verdicts[("voices", "paired t over 3 seeds")].verdict == "indistinguishable at 95%"
+    # An error rate: lower is better, so 0.51 vs 0.81 is +0.30 for the model.
+    events = verdicts[("events", "paired t over 3 seeds")]
+    assert events.mean_diff == pytest.approx(0.30) and events.verdict == "better"
+    # The average over the ↑ tasks, per seed: abt 0.55 0.585 0.515, random 0.46 0.455 0.46.
+    average = verdicts[("average (2 tasks)", "paired t over 3 seeds")]
+    assert average.mean_diff == pytest.approx((0.09 + 0.13 + 0.055) / 3)
+    assert table.average_half["abt"] == pytest.approx(stats_half([0.55, 0.585, 0.515]))
+    md = table.to_markdown()
+    assert "| words | top1_acc ↑ | 0.6000 ± 0.0497 | 0.4200 ± 0.0657 | +42.9% |" in md
+    assert "| abt | abt-random | words | paired t over 3 seeds | +0.1800 |" in md
+    assert "indistinguishable at 95%" in md and "mean over 3 probe seeds" in md
+    paths = write_outputs(tmp_path, table)
+    rows = list(csv.reader(paths["csv"].open()))
+    assert rows[0][-2:] == ["abt: ±95% (3 seeds)", "abt-random: ±95% (3 seeds)"]
+    assert float(rows[1][-2]) == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
+    comparisons = list(csv.DictReader(paths["comparisons"].open()))
+    assert {r["task"]: r["verdict"] for r in comparisons}["voices"] == "indistinguishable at 95%"
+    assert float(comparisons[0]["p_value"]) == pytest.approx(words.p_value, rel=1e-5)
+
+
+def stats_half(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return 4.302653 * s / math.sqrt(len(values))
+
+
+def test_one_seed_table_has_no_tests_but_says_what_they_need():
+    table = results_table(example_scores(), {"abt": "abt-random"}, ["words", "pitch", "events"])
+    assert table.comparisons == [] and table.n_seeds == 1
+    assert "they need --seeds 2 or more" in table.to_markdown()
+
+
+def write_probe(folder: Path, targets: list[int], predicted: list[int], n_classes: int = 3) -> None:
+    """What heareval leaves for a scene task: scores and ``test.predictions.pkl`` (one-hot tensors)."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    correct = sum(a == b for a, b in zip(targets, predicted)) / len(targets)
+    (folder / "test.predicted-scores.json").write_text(json.dumps(scores_trainvaltest({"top1_acc": correct})))
+    eye = torch.eye(n_classes)
+    data = {"target": eye[targets], "prediction": eye[predicted], "prediction_logit": eye[predicted]}
+    with open(folder / "test.predictions.pkl", "wb") as f:
+        pickle.dump(data, f)
+
+
+def test_paired_bootstrap_over_heareval_clip_predictions(tmp_path):
+    out = tmp_path / "out"
+    targets = [i % 3 for i in range(60)]
+    for model, n_wrong in [("abt", 6), ("logmel", 30)]:
+        write_task(hear_eval.embed_task_dir(out, model, "words"), ["top1_acc"])
+        for seed in (42, 43):
+            predicted = [(t + 1) % 3 if i < n_wrong + (seed - 42) else t for i, t in enumerate(targets)]
+            write_probe(hear_eval.probe_task_dir(out, model, "words", seed=seed), targets, predicted)
+    write_task(hear_eval.embed_task_dir(out, "abt", "pitch"), ["pitch_acc"])  # not a per-clip mean
+    where = (out, ["abt", "logmel"], ["words", "pitch"], "hear_abt", None, [42, 43])
+    clips = hear_eval.collect_clip_outcomes(*where)
+    assert set(clips["abt"]) == {"words"} and clips["abt"]["words"].seeds == (42, 43)
+    assert sum(clips["abt"]["words"].correct[1]) == 60 - 7
+    table = results_table(hear_eval.collect_scores(*where), {}, ["words"], clips)
+    boot = [c for c in table.comparisons if c.result.method.startswith("paired bootstrap")]
+    (row,) = boot
+    assert (row.model, row.reference) == ("abt", "logmel") and row.result.n == 60
+    assert row.result.mean_diff == pytest.approx((24 + 24) / 2 / 60) and row.result.verdict == "better"
+    # Predictions of other clips (another test split) cannot be paired: no bootstrap.
+    write_probe(hear_eval.probe_task_dir(out, "logmel", "words", seed=43), targets[::-1], targets[::-1])
+    write_probe(hear_eval.probe_task_dir(out, "logmel", "words", seed=42), targets[::-1], targets[::-1])
+    clips = hear_eval.collect_clip_outcomes(*where)
+    table = results_table(hear_eval.collect_scores(*where), {}, ["words"], clips)
+    assert not [c for c in table.comparisons if c.result.method.startswith("paired bootstrap")]
+
+
 # ---- installing the HEAR tools ---------------------------------------------------------------------
 
 
@@ -523,7 +706,7 @@ def test_random_baseline_folder_is_reused_for_the_same_config(tmp_path, tiny_mod
 @pytest.mark.heartools
 def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
     """The real runners (through abt_eval.heareval_compat) on a tiny model and the log-mel reference,
-    side by side (--jobs 2): about 30 s on 2 cores."""
+    side by side (--jobs 2), then a second probe seed (abt_eval.seeded_predictions): about 1 min on 2 cores."""
     pytest.importorskip(
         "heareval", reason="HEAR tools not installed (.venv/bin/python -m abt_eval.hear_tools install)"
     )
@@ -548,3 +731,22 @@ def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
     assert hear_eval.main(argv) == 0
     text = capsys.readouterr().out
     assert "tiny / speech-words: cached" in text and "logmel / speech-words: cached" in text
+    # A second probe seed: heareval's predictions again (seed 43) on the embeddings already there.
+    assert hear_eval.main(argv + ["--seeds", "2", "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("(1 probe seeds run, 1 cached)") == 2
+    for name, module in (("tiny", "hear_abt"), ("logmel", hear_eval.LOGMEL_MODULE)):
+        seed_dir = hear_eval.probe_task_dir(out, name, "speech-words", module, seed=43)
+        assert (seed_dir / "test.predicted-scores.json").is_file()
+        assert (seed_dir / "train.embeddings.npy").is_symlink()
+        assert "probe seed 43" in hear_eval.log_path(out, name, "speech-words").read_text()
+    scores = collect_scores(out, ["tiny", logmel], ["speech-words"], seeds=[42, 43])
+    assert [seed for seed, _ in scores["tiny"]["speech-words"].seeds] == [42, 43]
+    # heareval's clip predictions give back its own top1_acc, seed by seed.
+    clips = hear_eval.collect_clip_outcomes(out, ["tiny"], ["speech-words"], seeds=[42, 43])
+    outcomes = clips["tiny"]["speech-words"]
+    for correct, (_, value) in zip(outcomes.correct, scores["tiny"]["speech-words"].seeds):
+        assert sum(correct) / len(correct) == pytest.approx(value)
+    results = (out / "results.md").read_text()
+    assert "| tiny | logmel | speech-words | paired t over 2 seeds |" in results
+    assert "| tiny | logmel | speech-words | paired bootstrap over " in results  # heareval's clip predictions

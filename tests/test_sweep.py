@@ -267,3 +267,86 @@ def test_sigkill_mid_study_then_resume(setup, tmp_path):
     assert "killed" in trials[1].user_attrs["error"]
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == trials[1].params and retry[0].state.name == "COMPLETE"
+
+
+# ---- probe seeds -----------------------------------------------------------------------------------
+
+
+def test_seeded_linear_eval_embeds_once_and_scores_each_seed(setup, monkeypatch):
+    import torch
+    from test_linear_eval import TINY as TINY_MODEL
+
+    from abt_eval import search_args
+    from hear_abt.embedder import ABTEmbedder
+    from training import linear_eval
+
+    _, task_dir = setup
+    torch.manual_seed(3)
+    model = ABTEmbedder(TINY_MODEL)
+    task = linear_eval.HearTask(task_dir)
+    settings = linear_eval.LinearEvalSettings(seed=5, crop_frames=50, max_epochs=20)
+    alone = linear_eval.evaluate(model, task, settings)
+    embeds, seeds_scored = [], []
+    real_embed, real_score = linear_eval.embed_task, linear_eval.score_embeddings
+    monkeypatch.setattr(linear_eval, "embed_task", lambda *a: embeds.append(a[3].seed) or real_embed(*a))
+    monkeypatch.setattr(
+        linear_eval, "score_embeddings", lambda e, t, s: seeds_scored.append(s.seed) or real_score(e, t, s)
+    )
+    results = search_args.seeded_linear_eval(model, task, settings, [5, 6, 7], "cpu")
+    assert embeds == [5] and seeds_scored == [5, 6, 7]  # crops of the run's seed, one classifier per seed
+    # The first seed is exactly the one-seed evaluation.
+    assert (results[0].score, results[0].valid_score) == (alone.score, alone.valid_score)
+    assert search_args.probe_seed_list(5, 3) == [5, 6, 7]
+    with pytest.raises(ValueError):
+        search_args.probe_seed_list(5, 0)
+
+
+def test_probe_seeds_are_recorded_and_averaged(setup, tmp_path):
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space", "lr_weights=log:1e-2:1", "--n-trials", "1", "--probe-seeds", "3"]
+    extra += ["--report-unit", "steps", "--report-every", "6", "--pruner", "none", "--eval-max-clips", "6"]
+    assert sweep.main(argv(data, task, out, *extra)) == 0
+    (trial,) = load(out).get_trials()
+    values = trial.user_attrs["objective_seeds"]
+    assert len(values) == 3 and trial.user_attrs["seed_scores"] == [values]
+    assert trial.value == pytest.approx(sum(values) / 3)
+    assert json.loads((out / "best.json").read_text())["indistinguishable_from_best"] == [0]
+    assert load(out).user_attrs["settings"]["probe_seeds"] == 3
+    # The logistic-regression probe has no seed to vary.
+    logreg = argv(data, task, tmp_path / "o2", *extra, "--eval-protocol", "logreg")
+    assert sweep.main(logreg) == 2
+
+
+def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    dist = {"lr_weights": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    per_seed = {
+        0.1: [0.60, 0.62, 0.58],  # the best mean, 0.6
+        0.2: [0.59, 0.63, 0.55],  # differences -0.01 +0.01 -0.03: indistinguishable
+        0.3: [0.40, 0.41, 0.45],  # differences -0.20 -0.21 -0.13: worse
+    }
+    for lr, values in per_seed.items():
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr_weights": lr},
+                distributions=dist,
+                value=sum(values) / 3,
+                user_attrs={"objective_seeds": values},
+            )
+        )
+    compared = sweep_report.vs_best(study.get_trials())
+    assert compared[0] == (pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-6), None)
+    assert compared[1][1].verdict == "indistinguishable at 95%"
+    assert compared[2][1].verdict == "worse" and compared[2][1].mean_diff == pytest.approx(-0.18)
+    assert sweep_report.same_as_best(compared) == [0, 1]
+    paths = sweep_report.write_report(study, tmp_path)
+    md = paths["md"].read_text()
+    assert "| 0 | COMPLETE | 0.6000 ± 0.0497 | best |" in md
+    assert "| 2 | COMPLETE | 0.4200 ± 0.0657 | worse (p=0.019) |" in md
+    assert "Indistinguishable from the best at 95% (paired t over 3 probe seeds" in md
+    assert md.count("trial 0, trial 1") == 1
+    best = json.loads(paths["best"].read_text())
+    assert best["number"] == 0 and best["indistinguishable_from_best"] == [0, 1]
+    header = paths["csv"].read_text().splitlines()[0]
+    assert header.endswith("half_width_95,vs_best")
