@@ -37,21 +37,28 @@ class LogMelFrontend(nn.Module):
 
         ``center=False`` frames the samples as given (used to compute long clips in chunks).
         """
-        cfg = self.cfg
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            spec = torch.stft(
-                wav.float(),
-                n_fft=cfg.n_fft,
-                hop_length=cfg.hop_length,
-                win_length=cfg.win_length,
-                window=self.window,
-                center=center,
-                pad_mode="constant",
-                return_complex=True,
-            )
-            power = spec.real.square() + spec.imag.square()  # (B, n_freqs, T)
-            mel = torch.matmul(power.transpose(1, 2), self.fbanks).transpose(1, 2)
-            return torch.log(mel + cfg.log_offset)
+            return log_mel(wav.float(), self.cfg, self.window, self.fbanks, center)
+
+
+def log_mel(
+    wav: torch.Tensor, cfg: FrontendConfig, window: torch.Tensor, fbanks: torch.Tensor, center: bool = True
+) -> torch.Tensor:
+    """``log(mel + offset)`` of ``wav`` (batch, samples) in the dtype of ``wav``, ``window`` and
+    ``fbanks`` (float32 in :class:`LogMelFrontend`; float64 in the ONNX export)."""
+    spec = torch.stft(
+        wav,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window=window,
+        center=center,
+        pad_mode="constant",
+        return_complex=True,
+    )
+    power = spec.real.square() + spec.imag.square()  # (B, n_freqs, T)
+    mel = torch.matmul(power.transpose(1, 2), fbanks).transpose(1, 2)
+    return torch.log(mel + cfg.log_offset)
 
 
 class Normalize(nn.Module):

@@ -76,6 +76,7 @@ from torch import nn
 
 from .config import TIMESTAMP_HOP_MS, TIMESTAMP_WINDOW_MS
 from .embedder import ABTEmbedder
+from .frontend import log_mel
 from .hear_api import check_audio
 
 SCENE_FILE = "scene.onnx"
@@ -123,20 +124,7 @@ class _LogMel(nn.Module):
 
     def raw(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, n_mels, 1 + N // hop) float32 log-mel, not normalised (centred STFT)."""
-        cfg = self.cfg
-        spec = torch.stft(
-            audio.double(),
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(power.transpose(1, 2), self.fbanks).transpose(1, 2)
-        return torch.log(mel + cfg.log_offset).float()
+        return log_mel(audio.double(), self.cfg, self.window, self.fbanks).float()
 
     def pad_silence(self, mel: torch.Tensor, frames: Any) -> torch.Tensor:
         """Append ``frames`` (>= 0) frames of the log-mel of silence."""

@@ -5,28 +5,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checkpoints import make_checkpoint
 
 import hear_abt
 import hear_abt.audiontt
 import hear_abt.vitc_b
 from hear_abt import AudioInputError
-from hear_abt.config import ModelConfig, NormStats
 from hear_abt.embedder import ABTEmbedder
-from hear_abt.weights import save_pretrained
 
 SR = 16000
-
-
-def make_checkpoint(folder, encoder="audiontt", **encoder_kwargs):
-    torch.manual_seed(0)
-    config = ModelConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, norm=NormStats(-6.0, 3.5))
-    model = ABTEmbedder(config)
-    # Non-trivial BatchNorm statistics, so that train-mode BN at inference would show.
-    for m in model.encoder.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return save_pretrained(folder, config, model.encoder.state_dict())
 
 
 @pytest.fixture(scope="module")

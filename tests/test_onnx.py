@@ -14,6 +14,8 @@ import torch
 for _module in ("onnx", "onnxscript", "onnxruntime"):
     pytest.importorskip(_module, reason=f"ONNX export tests need {_module}: pip install 'hear-abt[onnx]'")
 
+from checkpoints import make_checkpoint  # noqa: E402
+
 import hear_abt  # noqa: E402
 from hear_abt import (  # noqa: E402
     AudioInputError,
@@ -21,23 +23,9 @@ from hear_abt import (  # noqa: E402
     cli,  # noqa: E402
 )
 from hear_abt import onnx_export as ox  # noqa: E402
-from hear_abt.config import ModelConfig, NormStats  # noqa: E402
-from hear_abt.embedder import ABTEmbedder  # noqa: E402
-from hear_abt.weights import save_pretrained  # noqa: E402
 
 SR = 16000
 RTOL = 1e-4  # the bound: max|onnx - torch| <= 1e-4 * max|torch|, per clip
-
-
-def make_checkpoint(folder, encoder, **encoder_kwargs):
-    torch.manual_seed(0)
-    config = ModelConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, norm=NormStats(-6.0, 3.5))
-    model = ABTEmbedder(config)
-    for m in model.encoder.modules():  # non-trivial BatchNorm statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return save_pretrained(folder, config, model.encoder.state_dict())
 
 
 @pytest.fixture(scope="module")

@@ -340,6 +340,15 @@ def torchrun(corpus, run_dir, *extra, steps=4):
     ]
 
 
+def run_to_end(cmd):
+    """Run a training command to its end; its stderr's tail is the failure message."""
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def assert_same_tree(a, b, where=""):
     """Bitwise equality of nested checkpoint contents (tensors, containers, numbers)."""
     if isinstance(a, torch.Tensor):
@@ -373,15 +382,7 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
     corpus, tmp_path
 ):
     steps, every = 24, 4
-    straight = subprocess.run(
-        torchrun(corpus, tmp_path / "straight", f"checkpoint_every={every}", steps=steps),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_to_end(torchrun(corpus, tmp_path / "straight", f"checkpoint_every={every}", steps=steps))
 
     killed = tmp_path / "killed"
     ckpt = killed / "checkpoints" / "last.pt"
@@ -406,15 +407,7 @@ def test_two_ranks_killed_with_sigkill_and_resumed_equal_the_uninterrupted_run_o
     interrupted_at = load_training_checkpoint(ckpt)["step"]
     assert interrupted_at < steps, "the run finished before it could be killed"
 
-    resumed = subprocess.run(
-        torchrun(corpus, killed, f"checkpoint_every={every}", "--resume", steps=steps),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_to_end(torchrun(corpus, killed, f"checkpoint_every={every}", "--resume", steps=steps))
     logged = [int(r.split(",")[0]) for r in (killed / "metrics.csv").read_text().splitlines()[1:]]
     assert logged == list(range(1, steps + 1))  # each step once: the redone ones replaced
     a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
@@ -508,15 +501,7 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command
     corpus, tmp_path
 ):
     steps = 24
-    straight = subprocess.run(
-        torchrun(corpus, tmp_path / "straight", "checkpoint_every=1000", steps=steps),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_to_end(torchrun(corpus, tmp_path / "straight", "checkpoint_every=1000", steps=steps))
     stopped = tmp_path / "stopped"
     cmd = torchrun(corpus, stopped, "checkpoint_every=1000", "--auto-resume", steps=steps)
     proc = subprocess.Popen(
@@ -535,10 +520,7 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_the_same_command
     assert 4 <= at < steps and f"stopped by SIGTERM after step {at} of {steps}" in err
     assert [r["sampler"]["batch"] + r["sampler"]["epoch"] * 3 for r in saved["ranks"]] == [at % 1000] * 2
 
-    again = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_to_end(cmd)
     a = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_training_checkpoint(stopped / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == steps

@@ -18,13 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from checkpoints import make_checkpoint
 from signals import make_signal
 
 import hear_abt
 from hear_abt import AudioInputError, WeightsError
-from hear_abt.config import ModelConfig, NormStats
-from hear_abt.embedder import ABTEmbedder
-from hear_abt.weights import save_pretrained
 from hear_abt.xares import (
     ABTEncoder,
     XaresTaskError,
@@ -37,25 +35,14 @@ SR = 16000
 NO_XARES = "xares is not installed: pip install 'hear-abt[xares]' (or pip install xares)"
 
 
-def _checkpoint(folder, encoder="audiontt", **encoder_kwargs):
-    torch.manual_seed(0)
-    config = ModelConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, norm=NormStats(-6.0, 3.5))
-    model = ABTEmbedder(config)
-    for m in model.encoder.modules():  # non-trivial BatchNorm statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return save_pretrained(folder, config, model.encoder.state_dict())
-
-
 @pytest.fixture(scope="module")
 def ntt_dir(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("ntt"), channels=4, mlp_dim=16)
+    return make_checkpoint(tmp_path_factory.mktemp("ntt"), channels=4, mlp_dim=16)
 
 
 @pytest.fixture(scope="module")
 def vit_dir(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("vit"), encoder="vitc_t", depth=1)
+    return make_checkpoint(tmp_path_factory.mktemp("vit"), encoder="vitc_t", depth=1)
 
 
 @pytest.fixture(scope="module")
