@@ -85,7 +85,7 @@ def load_model(model_file_path: str | os.PathLike = "", **unknown: Any) -> LogMe
     return LogMelReference()
 
 
-def _prepare(audio: Any, model: LogMelReference) -> torch.Tensor:
+def _checked_logmel_input(audio: Any, model: LogMelReference) -> torch.Tensor:
     if not isinstance(model, LogMelReference):
         raise TypeError(f"model must come from abt_eval.logmel.load_model(), got {type(model).__name__}")
     audio = check_audio(audio)
@@ -95,13 +95,13 @@ def _prepare(audio: Any, model: LogMelReference) -> torch.Tensor:
 
 def get_scene_embeddings(audio: Any, model: LogMelReference) -> torch.Tensor:
     """(n_sounds, n_samples) 16 kHz audio -> (n_sounds, 2 * n_mels) float32."""
-    audio = _prepare(audio, model)
+    audio = _checked_logmel_input(audio, model)
     with torch.no_grad():
         return model.scene_embeddings(audio)
 
 
 def get_timestamp_embeddings(audio: Any, model: LogMelReference) -> tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) -> ((n_sounds, n_timestamps, 2 * n_mels) float32, timestamps in ms)."""
-    audio = _prepare(audio, model)
+    audio = _checked_logmel_input(audio, model)
     with torch.no_grad():
         return model.timestamp_embeddings(audio)

@@ -130,7 +130,7 @@ def _dtype_message(dtype: str) -> str:
     return f"audio is {dtype}: pass float samples in [-1, 1] (e.g. int16 audio / 32768.0)"
 
 
-def _prepare(audio: Any, model: ABTEmbedder) -> torch.Tensor:
+def _checked_input(audio: Any, model: ABTEmbedder) -> torch.Tensor:
     if not isinstance(model, ABTEmbedder):
         raise TypeError(f"model must come from load_model(), got {type(model).__name__}")
     audio = check_audio(audio)
@@ -144,14 +144,14 @@ def _prepare(audio: Any, model: ABTEmbedder) -> torch.Tensor:
 
 def get_scene_embeddings(audio: Any, model: ABTEmbedder) -> torch.Tensor:
     """(n_sounds, n_samples) 16 kHz audio -> (n_sounds, model.scene_embedding_size) float32."""
-    audio = _prepare(audio, model)
+    audio = _checked_input(audio, model)
     with torch.no_grad():
         return model.scene_embeddings(audio).float()
 
 
 def get_timestamp_embeddings(audio: Any, model: ABTEmbedder) -> tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) 16 kHz audio -> ((n_sounds, n_timestamps, D) float32, timestamps in ms)."""
-    audio = _prepare(audio, model)
+    audio = _checked_input(audio, model)
     with torch.no_grad():
         emb, ts = model.timestamp_embeddings(audio)
         return emb.float(), ts
