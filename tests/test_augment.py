@@ -408,3 +408,265 @@ def test_view_augmenter_keep_indices():
     assert ViewAugmenter(AugmentConfig(mask_ratio=0.0)).keep_indices(2, 48, 0, 100, _gen()) is None
     aug = ViewAugmenter(AugmentConfig(mask_ratio=0.25, mask_schedule="fixed"))
     assert aug.keep_indices(2, 48, 0, 100, _gen()).shape == (2, 36)
+
+
+# --- pitch-preserving random resize crop ----------------------------------------------------------
+
+
+def _tone_logmel(freq_hz: float, batch: int = 32) -> torch.Tensor:
+    """(batch, 1, 64, 96) standardised log-mel of a pure tone, through hear_abt's front-end."""
+    from hear_abt.config import FrontendConfig
+    from hear_abt.frontend import LogMelFrontend
+
+    t = torch.arange(16000) / 16000
+    mel = LogMelFrontend(FrontendConfig())(torch.sin(2 * math.pi * freq_hz * t)[None])[..., :96]
+    mel = (mel - mel.mean()) / mel.std()
+    return mel[:, None].expand(batch, 1, -1, -1).contiguous()
+
+
+def _peak_bins(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=-1)[:, 0].argmax(dim=-1)  # per sample: mel bin of most energy over time
+
+
+def test_rrc_time_only_keeps_a_tones_peak_mel_bin_and_the_paper_default_moves_it():
+    x = _tone_logmel(880.0)
+    peak = _peak_bins(x)[0]
+    time_only = AugmentConfig(mixup=False, rlf=False, rrc_time_only=True)
+    v1, v2 = ViewAugmenter(time_only)(x, _gen(3))
+    assert (_peak_bins(v1) == peak).all() and (_peak_bins(v2) == peak).all()
+    paper = ViewAugmenter(AugmentConfig(mixup=False, rlf=False))
+    moved = torch.cat([_peak_bins(v) for v in paper(x, _gen(3))])
+    assert (moved != peak).sum() > len(moved) // 4  # most frequency crops shift or scale the bin
+
+
+def test_rrc_time_only_is_exact_on_the_frequency_axis_and_still_crops_time():
+    # Frequency settings that would crop hard are ignored; with time untouched too, it is the identity.
+    frozen = RandomResizeCrop((2.0, 1.0), freq_scale=(0.5, 0.5), time_scale=(1.0, 1.0), time_only=True)
+    x = _batch()
+    torch.testing.assert_close(frozen(x, _gen(6)), x, rtol=0, atol=1e-5)
+    rrc = RandomResizeCrop((2.0, 1.5), freq_scale=(0.5, 0.5), time_only=True)
+    f_len, f_start, t_len, t_start = rrc.draw(N, (F_, T_), _gen(6), torch.device("cpu"))
+    assert (f_len == F_).all() and (f_start == 0).all() and t_len.std() > 0 and t_start.std() > 0
+
+
+def test_rrc_narrow_frequency_scale_bounds_the_peak_shift():
+    x = _tone_logmel(880.0)
+    peak = _peak_bins(x)[0]
+    rrc = RandomResizeCrop(freq_scale=(0.95, 1.05))
+    shift = (_peak_bins(rrc(x, _gen(7))) - peak).abs()
+    assert shift.max() <= 2  # within 5% of the bin index plus interpolation
+
+
+# --- waveform augmentations -----------------------------------------------------------------------
+
+
+def _frontend():
+    from hear_abt.config import FrontendConfig
+    from hear_abt.frontend import LogMelFrontend
+
+    return LogMelFrontend(FrontendConfig())
+
+
+def _wave_augmenter(frames: int = 96, **settings):
+    from training.augment_wave import WaveAugmenter, WaveAugmentSettings, context_hops
+
+    frontend = _frontend()
+    return WaveAugmenter(WaveAugmentSettings(**settings), frontend, frames, context_hops(1024, 160))
+
+
+def _tone(freq_hz: float, seconds: float, batch: int = 1, start: float = 0.0, length: float | None = None):
+    t = torch.arange(round(seconds * 16000)) / 16000
+    wav = 0.5 * torch.sin(2 * math.pi * freq_hz * t)
+    if length is not None:
+        wav = wav * ((t >= start) & (t < start + length))
+    return wav[None].expand(batch, -1).contiguous()
+
+
+def test_wave_power_path_matches_hear_abt_frontend():
+    from training.augment_wave import logmel_from_power, power_spectrogram
+
+    frontend = _frontend()
+    wav = torch.randn(3, 8000, generator=_gen(2)) * 0.1
+    assert torch.equal(logmel_from_power(frontend, power_spectrogram(frontend, wav)), frontend(wav))
+
+
+def test_wave_all_off_is_the_clean_logmel():
+    aug = _wave_augmenter()
+    wav = torch.randn(2, 104 * 160, generator=_gen(3)) * 0.1
+    gen = _gen(4)
+    state = gen.get_state()
+    assert torch.equal(aug(wav, gen), aug.clean(wav)) and not aug.settings.enabled
+    assert torch.equal(gen.get_state(), state)  # nothing drawn
+
+
+def test_wave_gain_moves_the_logmel_by_a_constant():
+    from training.augment_wave import apply_gain
+
+    frontend = _frontend()
+    wav = torch.randn(2, 16000, generator=_gen(5)) * 0.1
+    db = torch.tensor([6.0, -9.0])
+    diff = frontend(apply_gain(wav, db)) - frontend(wav)
+    expected = db * math.log(10) / 10
+    torch.testing.assert_close(diff, expected[:, None, None].expand_as(diff), rtol=0, atol=1e-3)
+    aug = _wave_augmenter(gain_p=1.0, gain_db=6.0)
+    shifts = (aug(wav, _gen(6)) - aug.clean(wav)).flatten(1)
+    assert (shifts.std(dim=1) < 1e-3).all() and (shifts.mean(dim=1).abs() <= 6 * math.log(10) / 10).all()
+
+
+def test_wave_reverb_lengthens_the_decay_after_a_tone_burst():
+    aug = _wave_augmenter(reverb_p=1.0, reverb_rt60=(0.8, 0.8), reverb_drr_db=(0.0, 0.0))
+    wav = _tone(1000.0, 104 * 160 / 16000, batch=4, start=0.1, length=0.3)
+    dry, wet = aug.clean(wav), aug(wav, _gen(7))
+    after = slice(50, 70)  # 0.1-0.3 s after the burst ends (frame 40)
+    assert (wet[..., after].mean(dim=(1, 2)) > dry[..., after].mean(dim=(1, 2)) + 5).all()
+    # and the tail decays: louder just after the burst than later
+    assert (wet[..., 45:50].mean(dim=(1, 2)) > wet[..., 85:95].mean(dim=(1, 2))).all()
+
+
+def test_wave_eq_shapes_the_spectrum_per_band():
+    from training.augment_wave import apply_eq
+
+    frontend = _frontend()
+    wav = torch.randn(1, 16000, generator=_gen(8)) * 0.1
+    bands = torch.tensor([[-12.0, -12.0, 12.0, 12.0]])  # cut below ~400 Hz... boost above ~1.4 kHz
+    diff = (frontend(apply_eq(wav, bands, 16000)) - frontend(wav)).mean(dim=-1)[0]
+    assert diff[:4].mean() < -2 and diff[-10:].mean() > 2
+    flat = apply_eq(wav, torch.zeros(1, 4), 16000)
+    torch.testing.assert_close(flat, wav, rtol=0, atol=1e-5)
+
+
+def test_wave_pitch_up_an_octave_moves_a_tones_peak_to_the_octaves_bin():
+    aug = _wave_augmenter(pitch_p=1.0, pitch_semitones=12.0)
+    wav = _tone(440.0, 104 * 160 / 16000)
+    octave = _peak_bins(aug.clean(_tone(880.0, 104 * 160 / 16000))[:, None])
+    from training.augment_wave import logmel_from_power, power_spectrogram, warp_power
+
+    power = power_spectrogram(aug.frontend, wav)
+    up = logmel_from_power(aug.frontend, warp_power(power, torch.tensor([2.0]), torch.ones(1), 4, 96))
+    assert _peak_bins(up[:, None]) == octave
+    assert _peak_bins(aug.clean(wav)[:, None]) < octave
+    # the drawn shifts lie within +-12 semitones: peaks between the tone's and octaves around it
+    peaks = _peak_bins(aug(wav.expand(16, -1), _gen(9))[:, None])
+    below = _peak_bins(aug.clean(_tone(220.0, 104 * 160 / 16000))[:, None])
+    assert ((peaks >= below) & (peaks <= octave)).all() and peaks.unique().numel() > 3
+
+
+def test_wave_time_stretch_changes_a_bursts_duration():
+    from training.augment_wave import input_hops
+
+    hops = input_hops(96, 4, 2.0)
+    wav = _tone(1000.0, hops * 160 / 16000, start=0.1, length=0.3)
+    aug = _wave_augmenter(stretch_p=1.0, stretch_rate=(2.0, 2.0))
+    aug_slow = _wave_augmenter(stretch_p=1.0, stretch_rate=(0.5, 0.5))
+
+    def loud_frames(logmel):
+        energy = logmel.mean(dim=1)[0]
+        return int((energy > energy.max() - 3).sum())
+
+    base = loud_frames(aug.clean(wav))
+    assert abs(loud_frames(aug(wav, _gen(1))) - base / 2) <= 2
+    assert abs(loud_frames(aug_slow(wav, _gen(1))) - min(2 * base, 96 - 2 * 10)) <= 3
+
+
+def test_wave_blocks_apply_with_their_probability_and_bad_settings_are_refused():
+    from training.augment_wave import WaveAugmentSettings
+
+    aug = _wave_augmenter(gain_p=0.5)
+    wav = torch.randn(64, 104 * 160, generator=_gen(10)) * 0.1
+    changed = (aug(wav, _gen(11)) - aug.clean(wav)).abs().flatten(1).amax(dim=1) > 1e-4
+    assert 16 < changed.sum() < 48
+    for bad in ({"gain_p": 1.5}, {"eq_bands": 1}, {"stretch_rate": (0.0, 1.0)}, {"gain_db": -1.0}):
+        with pytest.raises(ValueError):
+            WaveAugmentSettings(**bad)
+
+
+def test_view_inputs_equal_to_the_input_draw_as_before():
+    x = _batch()
+    plain = ViewAugmenter(AugmentConfig(mixup_bank_size=8))(x, _gen(12))
+    split = ViewAugmenter(AugmentConfig(mixup_bank_size=8))(x, _gen(12), view_inputs=(x, x))
+    assert all(torch.equal(a, b) for a, b in zip(plain, split))
+    assert all(
+        getattr(AugmentConfig(), f"wave_{b}_p") == 0 for b in ("gain", "eq", "reverb", "pitch", "stretch")
+    )
+
+
+# --- training on waveform shards ------------------------------------------------------------------
+
+WAVE_ON = [
+    "augment.wave_gain_p=0.5",
+    "augment.wave_eq_p=0.5",
+    "augment.wave_reverb_p=0.5",
+    "augment.wave_pitch_p=0.5",
+    "augment.wave_stretch_p=0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def wave_corpus(tmp_path_factory):
+    import numpy as np
+    import signals
+    import soundfile as sf
+
+    from training import prepare
+
+    root = tmp_path_factory.mktemp("wave_corpus")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(20):
+        kind = signals.KINDS[i % len(signals.KINDS)]
+        sf.write(root / "audio" / f"{i:02d}.wav", signals.make_signal(kind, 1.2, rng), 16000)
+    for store in ("waveform", "logmel"):
+        argv = [str(root / "audio"), str(root / store), "--workers", "1", "--no-progress"]
+        prepare.main([*argv, "--store", store])
+    return root
+
+
+def _state(data, overrides):
+    from training import engine
+    from training.config import build_config
+    from training.data import ShardDataset
+
+    cfg = build_config("cpu-tiny", ["batch_size=8", "augment.mixup_bank_size=16", *overrides])
+    return engine.build(cfg, ShardDataset(data), torch.device("cpu"), prefetch=0)
+
+
+def _train(state, steps):
+    from training import engine
+
+    while state.step < steps:
+        for crops in state.sampler:
+            engine.train_step(state, crops)
+            if state.step >= steps:
+                break
+    engine.check_finite(state)
+
+
+def test_waveform_training_with_every_block_resumes_bitwise(wave_corpus):
+    from training import engine
+
+    straight = _state(wave_corpus / "waveform", WAVE_ON)
+    assert straight.sampler.crop_frames == 4 + 119 + 1 + 4  # context, 96 frames at rate 1.25, context
+    _train(straight, 4)
+    first = _state(wave_corpus / "waveform", WAVE_ON)
+    _train(first, 2)
+    saved = engine.checkpoint_state(first, {}, [engine.rank_state(first)])
+    resumed = _state(wave_corpus / "waveform", WAVE_ON)
+    engine.load_checkpoint_state(resumed, saved)
+    _train(resumed, 4)
+    for a, b in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_waveform_blocks_need_waveform_shards_and_off_reads_them_clean(wave_corpus):
+    from training import engine
+
+    with pytest.raises(engine.TrainingSetupError, match="--store waveform"):
+        _state(wave_corpus / "logmel", ["augment.wave_gain_p=1.0"])
+    plain = _state(wave_corpus / "waveform", [])
+    crops = plain.sampler.batch_at(0, 0)
+    x, views = engine.view_inputs(plain, crops)
+    assert views is None and x.shape == (8, 1, 64, 96) and plain.sampler.crop_frames == 104
+    assert 1.0 <= engine.health_figures(plain)["rankme_encoder"] <= 8 * 64  # the monitor reads waveforms too
+    logmel = _state(wave_corpus / "logmel", [])
+    x, views = engine.view_inputs(logmel, logmel.sampler.batch_at(0, 0))
+    assert views is None and x.shape == (8, 1, 64, 96) and logmel.wave is None

@@ -232,3 +232,73 @@ def test_max_seconds_per_clip_truncates(corpus, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["seconds"] == 0.5
     assert manifest["totals"]["frames"] == FrontendConfig().samples_to_frames(8000)
+
+
+# --- waveform shards (--store waveform) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_wave(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared_wave")
+    argv = [str(corpus), str(out), "--workers", "1", "--clips-per-shard", "3", "--no-progress"]
+    assert prep.main([*argv, "--store", "waveform"]) == 0
+    return out
+
+
+def test_waveform_shards_hold_the_samples_and_the_log_mel_statistics(corpus, prepared, prepared_wave):
+    manifest = json.loads((prepared_wave / "manifest.json").read_text())
+    logmel_manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["store"] == "waveform" and manifest["format_version"] == prep.SHARD_FORMAT_VERSION
+    assert logmel_manifest["store"] == "logmel" and logmel_manifest["format_version"] == 1
+    assert manifest["norm"] == pytest.approx(logmel_manifest["norm"])  # statistics of the log-mel
+    ds = ShardDataset(prepared_wave)
+    assert ds.store == "waveform" and ds.row_width == 160 and ds.silence == 0.0
+    i = ds.sources.index("blip.flac")
+    wav = load_audio(corpus / "blip.flac", 16_000)
+    stored = ds[i].T.reshape(-1).astype(np.float32)
+    assert len(stored) == math.ceil(len(wav) / 160) * 160 and not stored[len(wav) :].any()
+    np.testing.assert_allclose(stored[: len(wav)], wav, rtol=1e-3, atol=1e-4)  # float16 samples
+    with pytest.raises(ValueError, match="gather_crops reads log-mel folders"):
+        ds.gather_crops(np.array([i]), np.array([0]), 96)
+
+
+def test_waveform_crop_log_mel_matches_the_log_mel_shards(prepared, prepared_wave):
+    from training.augment_wave import WaveAugmenter, WaveAugmentSettings
+
+    logmel_ds, wave_ds = ShardDataset(prepared), ShardDataset(prepared_wave)
+    i = logmel_ds.sources.index("speech/nested/barlow.wav")
+    assert wave_ds.sources[i] == "speech/nested/barlow.wav"
+    frames, context = 96, 4
+    sampler = CropSampler(wave_ds, 1, frames + 2 * context, prefetch=0)
+    rows, inside = wave_ds.gather_rows(np.array([i]), np.array([-10 - context]), sampler.crop_frames)
+    from training.data import RawCrops
+
+    wav = RawCrops(torch.from_numpy(rows), torch.from_numpy(inside), 0.0).to_wave(torch.device("cpu"))
+    aug = WaveAugmenter(WaveAugmentSettings(), LogMelFrontend(FrontendConfig()), frames, context)
+    expected = logmel_ds.gather_crops(np.array([i]), np.array([-10]), frames)  # the clip starts inside
+    got = aug.clean(wav).numpy()
+    # Within 40 dB of the peak they agree to float16 rounding; float16 samples add a quantisation
+    # floor ~66 dB below the signal, which only lifts bins that hold (nearly) nothing.
+    loud = expected > expected.max() - math.log(1e4)
+    assert loud.sum() > 300
+    np.testing.assert_allclose(got[loud], expected[loud], atol=0.05)
+    assert (got[~loud] > expected[~loud] - 0.1).all()
+    off_by_one = logmel_ds.gather_crops(np.array([i]), np.array([-9]), frames)
+    assert np.abs(got - off_by_one)[loud].max() > 0.5  # the frames line up, not just the spectrum
+
+
+def test_waveform_and_log_mel_shards_are_different_builds(corpus, prepared_wave, tmp_path):
+    # Same folder, other store: every shard is rebuilt (the fingerprint includes the store).
+    shutil.copytree(prepared_wave, tmp_path / "data")
+    summary = prep.prepare(corpus, tmp_path / "data", clips_per_shard=3, progress=False)
+    assert summary.reused_shards == [] and ShardDataset(tmp_path / "data").store == "logmel"
+    with pytest.raises(ValueError, match="store must be one of"):
+        prep.prepare(corpus, tmp_path / "other", store="mp3", progress=False)
+
+
+def test_waveform_store_skips_audio_that_overflows_float16(tmp_path):
+    sf.write(tmp_path / "loud.wav", np.full(4000, 1e5, dtype=np.float32), 16_000, subtype="FLOAT")
+    with prep._single_thread():  # the worker's set-up, undone after
+        result = prep._process_file((str(tmp_path), "loud.wav", None, "waveform"))
+        assert result.data is None and "overflows float16" in result.error
+        assert prep._process_file((str(tmp_path), "loud.wav", None, "logmel")).data is not None

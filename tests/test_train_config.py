@@ -68,3 +68,31 @@ def test_schedule_warms_up_then_decays_to_the_end_factor():
     assert lr_factor(total, total, warmup, cfg.lr_end_factor) == pytest.approx(0.001)
     middle = lr_factor(55, total, warmup, cfg.lr_end_factor)  # half-way through the cosine
     assert middle == pytest.approx(0.001 + 0.999 * 0.5)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rankme_every=-1", "rankme_every=-1 is out of range"),
+        ("rankme_clips=1", "rankme_clips=1 is out of range"),
+        ("augment.wave_gain_p=1.5", "wave_gain_p must be a probability"),
+        ("augment.wave_stretch_rate=[0, 1]", "wave_stretch_rate must satisfy"),
+        ("augment.wave_eq_bands=1", "wave_eq_bands must be >= 2"),
+    ],
+)
+def test_health_and_waveform_settings_are_checked(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("cpu-tiny", [override])
+
+
+def test_new_augmentation_settings_default_to_the_paper_and_parse_from_the_command_line():
+    cfg = build_config("cpu-tiny")
+    assert not cfg.augment.rrc_time_only and cfg.augment.rrc_freq_scale == (0.6, 1.5)
+    assert all(getattr(cfg.augment, f"wave_{b}_p") == 0 for b in ("gain", "eq", "reverb", "pitch", "stretch"))
+    cfg = build_config(
+        "cpu-tiny",
+        ["augment.rrc_time_only=true", "augment.wave_reverb_p=0.3", "augment.wave_reverb_rt60=[0.1, 0.5]"],
+    )
+    assert cfg.augment.rrc_time_only and cfg.augment.wave_reverb_p == 0.3
+    assert cfg.augment.wave_reverb_rt60 == (0.1, 0.5)
+    assert "augment.rrc_time_only = False" in pretrain.settings_help("cpu-tiny")

@@ -154,6 +154,11 @@ class RandomResizeCrop:
     frequency, time); a region of ``freq_scale x time_scale`` times the input size (clamped to the
     canvas) is cropped at a uniformly random position and resized back to (F, T) with
     ``interpolation`` (BYOL-A: bicubic). All scales 1 give the identity (up to float rounding).
+
+    ``time_only=True`` leaves the frequency axis exactly as it is (no resize, no shift, whatever
+    ``freq_scale`` and the frequency canvas say): a pitch-preserving crop. Resizing or shifting the
+    mel axis moves a tone's harmonics, trading pitch for timbre invariance; a narrow ``freq_scale``
+    such as (0.95, 1.05) with a frequency canvas of 1 bounds that change instead.
     """
 
     INTERPOLATIONS = ("bicubic", "bilinear")
@@ -164,6 +169,7 @@ class RandomResizeCrop:
         freq_scale: tuple[float, float] = (0.6, 1.5),
         time_scale: tuple[float, float] = (0.6, 1.5),
         interpolation: str = "bicubic",
+        time_only: bool = False,
     ):
         if min(virtual_crop_scale) < 1.0:
             raise ValueError(f"virtual crop scales must be >= 1, got {virtual_crop_scale}")
@@ -176,17 +182,22 @@ class RandomResizeCrop:
         self.freq_scale = tuple(freq_scale)
         self.time_scale = tuple(time_scale)
         self.interpolation = interpolation
+        self.time_only = time_only
 
     def draw(self, n: int, size: tuple[int, int], gen: torch.Generator, device) -> tuple[Tensor, ...]:
         """Per-sample crops for (F, T) inputs: ``(f_length, f_start, t_length, t_start)``, each (n,).
 
         Lengths are in input pixels, ``U(scale) * size`` clamped to [1, canvas]; starts are canvas
-        positions, uniform in [0, canvas - length].
+        positions, uniform in [0, canvas - length]. ``time_only``: the frequency crop is the whole
+        axis (length F, start 0) and draws nothing.
         """
         out = []
-        for axis_size, canvas_scale, scale in zip(
-            size, self.virtual_crop_scale, (self.freq_scale, self.time_scale)
+        for axis, (axis_size, canvas_scale, scale) in enumerate(
+            zip(size, self.virtual_crop_scale, (self.freq_scale, self.time_scale))
         ):
+            if axis == 0 and self.time_only:
+                out += [torch.full((n,), float(axis_size), device=device), torch.zeros(n, device=device)]
+                continue
             canvas = axis_size * canvas_scale
             length = (_uniform(n, *scale, gen, device) * axis_size).clamp(1.0, canvas)
             start = _rand((n,), gen, device) * (canvas - length)
@@ -208,7 +219,7 @@ class RandomResizeCrop:
             slope = (length - 1) / denom
             return slope, 2 * (start - pad) / denom + slope - 1
 
-        a_f, o_f = axis(f, self.virtual_crop_scale[0], f_length, f_start)
+        a_f, o_f = axis(f, 1.0 if self.time_only else self.virtual_crop_scale[0], f_length, f_start)
         a_t, o_t = axis(t, self.virtual_crop_scale[1], t_length, t_start)
         zero = torch.zeros_like(a_f)
         # affine_grid's x is the last (time) axis, y the frequency axis.
@@ -323,6 +334,8 @@ class AugmentConfig:
     rrc_freq_scale: tuple[float, float] = (0.6, 1.5)
     rrc_time_scale: tuple[float, float] = (0.6, 1.5)
     rrc_interpolation: str = "bicubic"  # as BYOL-A; "bilinear" is a little faster
+    # Pitch-preserving RRC: crop and resize time only (the frequency scale and canvas are ignored).
+    rrc_time_only: bool = False
     rlf: bool = True
     rlf_gain: float = 1.0
     noise: bool = False
@@ -333,6 +346,20 @@ class AugmentConfig:
     mask_ratio: float = 0.0
     mask_schedule: str = "fixed"
     mask_warmup_fraction: float = 0.1  # of total steps; the paper warms up 10 of 100 epochs
+    # Waveform-domain blocks (training.augment_wave), before the log-mel; they need a folder prepared
+    # with --store waveform. Each applies to a sample with probability *_p; 0 (default) is off.
+    wave_gain_p: float = 0.0
+    wave_gain_db: float = 6.0  # U(-db, db)
+    wave_eq_p: float = 0.0
+    wave_eq_db: float = 6.0  # per band, U(-db, db)
+    wave_eq_bands: int = 8  # log-spaced control points, 50 Hz .. Nyquist
+    wave_reverb_p: float = 0.0
+    wave_reverb_rt60: tuple[float, float] = (0.2, 1.0)  # seconds
+    wave_reverb_drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant ratio
+    wave_pitch_p: float = 0.0
+    wave_pitch_semitones: float = 2.0  # U(-s, s)
+    wave_stretch_p: float = 0.0
+    wave_stretch_rate: tuple[float, float] = (0.8, 1.25)  # > 1 plays faster
 
 
 class ViewAugmenter:
@@ -349,7 +376,11 @@ class ViewAugmenter:
         self.mixup = MixupBank(cfg.mixup_ratio, cfg.mixup_bank_size) if cfg.mixup else None
         self.rrc = (
             RandomResizeCrop(
-                cfg.rrc_virtual_crop_scale, cfg.rrc_freq_scale, cfg.rrc_time_scale, cfg.rrc_interpolation
+                cfg.rrc_virtual_crop_scale,
+                cfg.rrc_freq_scale,
+                cfg.rrc_time_scale,
+                cfg.rrc_interpolation,
+                cfg.rrc_time_only,
             )
             if cfg.rrc
             else None
@@ -366,11 +397,24 @@ class ViewAugmenter:
         return self.norm(x) if self.norm is not None else x
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, gen: torch.Generator, tag: Any = None) -> tuple[Tensor, Tensor]:
-        """``tag`` names the batch (see :meth:`MixupBank.push`): with it a checkpoint stays small."""
+    def __call__(
+        self,
+        x: Tensor,
+        gen: torch.Generator,
+        tag: Any = None,
+        view_inputs: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``tag`` names the batch (see :meth:`MixupBank.push`): with it a checkpoint stays small.
+
+        ``view_inputs``: each view's own input when the views already differ before these blocks
+        (waveform augmentations); ``x`` is then the clean input, which only the mixup bank receives.
+        """
         if self.norm is not None:
             x = self.norm(x)
-        v1, v2 = self._view(x, gen), self._view(x, gen)
+        if view_inputs is None:
+            v1, v2 = self._view(x, gen), self._view(x, gen)
+        else:
+            v1, v2 = (self._view(self.norm(v) if self.norm is not None else v, gen) for v in view_inputs)
         if self.mixup is not None:
             self.mixup.push(x, tag)
         return v1, v2

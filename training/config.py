@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import AugmentConfig
+from .augment_wave import wave_settings
 from .optim import OPTIMIZERS, check_optimizer_settings
 
 
@@ -68,6 +69,11 @@ class TrainConfig:
     # "logreg": the cheap logistic regression; "linear": the paper's linear evaluation (Appendix B,
     # training.linear_eval: Adam + early stopping, multiclass or multilabel tasks).
     probe_protocol: str = "logreg"
+    # Representation health (training.monitor.representation_health): every rankme_every steps (0:
+    # never) and at the end, RankMe effective rank and per-dimension std of the embeddings of a
+    # fixed batch of rankme_clips crops (rank <= min(clips, embedding dim)); rank 0 only, eval mode.
+    rankme_every: int = 250
+    rankme_clips: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +113,8 @@ class TrainConfig:
             ("probe_task", self.probe_task, str, None),
             ("probe_max_clips", self.probe_max_clips, int, lambda v: v >= 1),
             ("probe_protocol", self.probe_protocol, str, lambda v: v in ("logreg", "linear")),
+            ("rankme_every", self.rankme_every, int, lambda v: v >= 0),
+            ("rankme_clips", self.rankme_clips, int, lambda v: v >= 2),
         ]
         for name, value, types, ok in checks:
             # bool is an int subclass: refuse it where a number is meant.
@@ -117,6 +125,7 @@ class TrainConfig:
             if ok is not None and not ok(value):
                 raise ValueError(f"setting {name}={value!r} is out of range")
         check_optimizer_settings(self.optimizer, self.lr_weights, self.weight_decay)
+        wave_settings(self.augment)  # the waveform augmentations' ranges
         if self.probe_every and not self.probe_task:
             raise ValueError("probe_every needs probe_task=PATH (a HEAR-format scene task folder)")
         return self

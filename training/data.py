@@ -3,7 +3,11 @@
 :class:`CropSampler` yields :class:`RawCrops`: the stored float16 frames of random crops (in pinned
 memory for a GPU), which :meth:`RawCrops.to_input` turns on the training device into raw log-mel
 float32 ``(B, 1, n_mels, crop_frames)``, padded with the log-mel of digital silence where a clip is
-short; the order is a pure function of (seed, epoch, batch, rank). Details and the reasons for them: ``docs/data.md``.
+short; the order is a pure function of (seed, epoch, batch, rank). Folders prepared with ``--store
+waveform`` hold one hop of float16 samples per row instead of a log-mel frame: the same gathering
+serves them, and :meth:`RawCrops.to_wave` makes the (B, samples) waveform on the device (the trainer
+then computes the log-mel there, after the waveform augmentations). Details and the reasons for
+them: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from hear_abt.config import FrontendConfig, NormStats
 
-from .prepare import MANIFEST_NAME, SHARD_DTYPE, SHARD_FORMAT_VERSION
+from .prepare import MANIFEST_NAME, SHARD_DTYPE, SHARD_FORMAT_VERSION, STORES, row_width
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -96,7 +100,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 class ShardDataset:
-    """The clips of a prepared folder; ``dataset[i]`` is clip i's float16 (n_mels, frames) log-mel.
+    """The clips of a prepared folder; ``dataset[i]`` is clip i's float16 (n_mels, frames) log-mel, or
+    for a waveform folder (``store == "waveform"``) its (hop_length, hops) samples, one hop per column.
 
     Opening checks the folder cheaply (the manifest's keys, each shard's file sizes, array shapes
     and dtypes from the ``.npy`` headers, and every clip's frame range against its shard's length)
@@ -118,6 +123,12 @@ class ShardDataset:
             self.norm = NormStats(**self.manifest["norm"])
         except (TypeError, ValueError) as err:
             raise _bad(manifest_path, f"invalid 'frontend' or 'norm' ({err})") from err
+        self.store = self.manifest.get("store", "logmel")
+        if self.store not in STORES:
+            raise _bad(manifest_path, f"store {self.store!r} is not one of {STORES}")
+        self.row_width = row_width(self.frontend, self.store)
+        # What a row outside a clip becomes: the log-mel of digital silence, or silent samples.
+        self.silence = 0.0 if self.store == "waveform" else self.frontend.silence_value
 
         shard_records = [r for r in self.manifest["shards"] if r["clips"] > 0]
         _ensure_open_file_limit(len(shard_records) + 256)
@@ -152,11 +163,11 @@ class ShardDataset:
             data = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise _bad(data_path, f"not a readable .npy shard ({err}); truncated or corrupt") from err
-        if data.ndim != 2 or data.shape[1] != self.frontend.n_mels or data.dtype != self.dtype:
+        if data.ndim != 2 or data.shape[1] != self.row_width or data.dtype != self.dtype:
             raise _bad(
                 data_path,
                 f"holds a {data.dtype} array of shape {data.shape}, expected {self.dtype} "
-                f"(frames, {self.frontend.n_mels})",
+                f"(rows, {self.row_width}) for a {self.store} folder",
             )
         frames = record.get("frames")
         if isinstance(frames, int) and data.shape[0] != frames:
@@ -197,7 +208,7 @@ class ShardDataset:
     def gather_rows(
         self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Frames [start, start + crop_frames) of each clip as stored: float16 ``(B, crop_frames, n_mels)``,
+        """Rows [start, start + crop_frames) of each clip as stored: float16 ``(B, crop_frames, row_width)``,
         and ``inside``, bool ``(B, crop_frames)``: which frames lie inside their clip.
 
         ``start`` may be negative or run past the clip's end; frames outside the clip repeat its edge
@@ -211,7 +222,7 @@ class ShardDataset:
         inside = (rel >= 0) & (rel < lengths[:, None])
         rows = self.clip_offset[clip_ids, None] + np.clip(rel, 0, lengths[:, None] - 1)
         if out is None:
-            out = np.empty((len(clip_ids), crop_frames, self.frontend.n_mels), dtype=self.dtype)
+            out = np.empty((len(clip_ids), crop_frames, self.row_width), dtype=self.dtype)
         shard_ids = self.clip_shard[clip_ids]
         # One fancy-index gather per shard present in the batch: no per-clip Python loop.
         for shard_id in np.unique(shard_ids):
@@ -221,6 +232,8 @@ class ShardDataset:
 
     def gather_crops(self, clip_ids: np.ndarray, starts: np.ndarray, crop_frames: int) -> np.ndarray:
         """float32 (B, n_mels, crop_frames): :meth:`gather_rows` made model input on the CPU (no normalisation)."""
+        if self.store != "logmel":
+            raise ValueError(f"gather_crops reads log-mel folders; {self.data_dir} holds {self.store} shards")
         rows, inside = self.gather_rows(clip_ids, starts, crop_frames)
         raw = RawCrops(torch.from_numpy(rows), torch.from_numpy(inside), self.frontend.silence_value)
         return raw.to_input(torch.device("cpu"))[:, 0].numpy()
@@ -235,7 +248,7 @@ class RawCrops:
     the reader's CPU time. ``epoch``/``batch`` say which batch of the sampler it is.
     """
 
-    frames: torch.Tensor  # float16 (B, T, n_mels)
+    frames: torch.Tensor  # float16 (B, T, n_mels), or (B, hops, hop_length) samples of a waveform folder
     inside: torch.Tensor  # bool (B, T)
     silence: float
     epoch: int = -1
@@ -250,6 +263,12 @@ class RawCrops:
         inside = self.inside.to(device, non_blocking=True)
         x = frames.float().transpose(1, 2).masked_fill(~inside[:, None, :], self.silence).unsqueeze(1)
         return norm.apply(x) if norm is not None else x
+
+    def to_wave(self, device: torch.device) -> torch.Tensor:
+        """float32 (B, hops * hop_length) waveform on ``device``, silent outside each clip."""
+        frames = self.frames.to(device, non_blocking=True)
+        inside = self.inside.to(device, non_blocking=True)
+        return frames.float().masked_fill(~inside[:, :, None], 0.0).flatten(1)
 
 
 def default_reader_threads() -> int:
@@ -334,7 +353,7 @@ class CropSampler:
         # window of silence (the window may start before the clip), so padding is not always right.
         starts = rng.integers(np.minimum(excess, 0), np.maximum(excess, 0) + 1)
         frames = torch.empty(
-            (len(clip_ids), self.crop_frames, self.dataset.frontend.n_mels),
+            (len(clip_ids), self.crop_frames, self.dataset.row_width),
             dtype=self._torch_dtype,
             pin_memory=self.pin_memory,
         )
@@ -343,7 +362,7 @@ class CropSampler:
         return RawCrops(
             frames,
             inside.pin_memory() if self.pin_memory else inside,
-            self.dataset.frontend.silence_value,
+            self.dataset.silence,
             epoch,
             batch,
         )

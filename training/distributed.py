@@ -103,7 +103,9 @@ def setup(device_arg: str | None, timeout_minutes: float = DEFAULT_TIMEOUT_MINUT
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=timeout)
-        control = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else dist.group.WORLD
+        control = (
+            dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else dist.group.WORLD
+        )
     return Processes(rank, world_size, local_rank or 0, device, control)
 
 

@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from hear_abt.config import FrontendConfig, NormStats
+from hear_abt.frontend import LogMelFrontend
 
 from .augment import ViewAugmenter
+from .augment_wave import WaveAugmenter, context_hops, input_hops, wave_settings
 from .config import TrainConfig
 from .data import CropSampler, RawCrops, ShardDataset, default_reader_threads
 from .loss import BarlowTwinsLoss, BarlowTwinsOutput
 from .model import BarlowTwinsModel
-from .monitor import embedding_std
+from .monitor import embedding_std, representation_health
 from .optim import build_optimizer, lr_factor, set_lr
 
 # Independent random streams of a rank, derived from (seed, rank, stream) so that ranks differ.
@@ -120,6 +122,10 @@ class TrainState:
     # by check_finite, so that a step never waits for the device.
     first_bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
     first_bad_loss: torch.Tensor = field(default_factory=lambda: torch.tensor(0.0))
+    # Waveform folders: their log-mel front-end and waveform augmentations (None for log-mel folders).
+    wave: WaveAugmenter | None = None
+    # The representation-health monitor's fixed batch, model input on the device (built on first use).
+    health_input: torch.Tensor | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -151,6 +157,7 @@ def build(
             f"use a multiple of {world_size}"
         )
     local_batch = cfg.batch_size // world_size
+    wave = wave_augmenter(cfg, dataset, device)
     if world_size > 1 and local_batch < SMALL_RANK_BATCH and rank == 0:
         warnings.warn(
             f"batch_size {cfg.batch_size} over {world_size} ranks is {local_batch} samples per rank: "
@@ -169,7 +176,9 @@ def build(
     sampler = CropSampler(
         dataset,
         local_batch,
-        cfg.crop_frames,
+        cfg.crop_frames
+        if wave is None
+        else input_hops(cfg.crop_frames, wave.context, wave.settings.max_rate),
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
@@ -238,22 +247,60 @@ def build(
         world_size=world_size,
         first_bad_step=torch.tensor(-1, device=device),
         first_bad_loss=torch.tensor(0.0, device=device),
+        wave=wave,
+    )
+
+
+def wave_augmenter(cfg: TrainConfig, dataset: ShardDataset, device: torch.device) -> WaveAugmenter | None:
+    """The waveform front-end and augmentations for a waveform folder; None for a log-mel one."""
+    settings = wave_settings(cfg.augment)
+    if dataset.store != "waveform":
+        if settings.enabled:
+            raise TrainingSetupError(
+                f"augment.wave_* augmentations need waveform shards, and {dataset.data_dir} holds "
+                f"{dataset.store}: prepare the corpus with `python -m training.prepare SRC DIR --store waveform`"
+            )
+        return None
+    frontend = LogMelFrontend(dataset.frontend).to(device)
+    return WaveAugmenter(
+        settings, frontend, cfg.crop_frames, context_hops(frontend.cfg.n_fft, frontend.cfg.hop_length)
     )
 
 
 def model_input(state: TrainState, crops: RawCrops) -> torch.Tensor:
     """A reader batch as the augmenter takes it: on the device, float32, dataset-normalised.
 
-    PPN normalises by batch statistics inside the augmenter instead of the dataset's.
+    PPN normalises by batch statistics inside the augmenter instead of the dataset's. A waveform
+    batch becomes its clean log-mel crop here, through hear_abt's front-end on the device.
     """
+    if state.wave is not None:
+        return _as_input(state, state.wave.clean(crops.to_wave(state.device)))
     x = crops.to_input(state.device, None if state.cfg.augment.ppn else state.norm)
     return x.contiguous(memory_format=torch.channels_last) if state.cfg.channels_last else x
 
 
+def _as_input(state: TrainState, logmel: torch.Tensor) -> torch.Tensor:
+    """Raw (B, n_mels, T) log-mel -> (B, 1, n_mels, T) model input, as :func:`model_input` makes it."""
+    x = logmel.unsqueeze(1)
+    x = x if state.cfg.augment.ppn else state.norm.apply(x)
+    return x.contiguous(memory_format=torch.channels_last) if state.cfg.channels_last else x
+
+
+def view_inputs(state: TrainState, crops: RawCrops) -> tuple[torch.Tensor, tuple | None]:
+    """The clean input and, with waveform augmentations on, each view's own augmented input."""
+    if state.wave is None or not state.wave.settings.enabled:
+        return model_input(state, crops), None
+    wav = crops.to_wave(state.device)
+    with torch.no_grad():
+        views = tuple(_as_input(state, state.wave(wav, state.aug_gen)) for _ in range(2))
+        return _as_input(state, state.wave.clean(wav)), views
+
+
 def forward_loss(state: TrainState, crops: RawCrops) -> tuple[BarlowTwinsOutput, torch.Tensor]:
-    """Crops -> dataset normalisation -> two views -> encoder + projector -> loss (no update)."""
-    x = model_input(state, crops)
-    v1, v2 = state.augmenter(x, state.aug_gen, tag=(crops.epoch, crops.batch))
+    """Crops -> [waveform augmentations -> log-mel] -> dataset normalisation -> two views ->
+    encoder + projector -> loss (no update)."""
+    x, views = view_inputs(state, crops)
+    v1, v2 = state.augmenter(x, state.aug_gen, tag=(crops.epoch, crops.batch), view_inputs=views)
     encoder = state.net.encoder
     keep = (
         state.augmenter.keep_indices(
@@ -298,6 +345,43 @@ def check_finite(state: TrainState) -> None:
     bad = int(state.first_bad_step)
     if bad >= 0:
         raise NonFiniteLoss(f"loss is {float(state.first_bad_loss)} at step {bad}")
+
+
+def health_crops(sampler: CropSampler, clips: int) -> RawCrops:
+    """The health monitor's fixed batch: the middle crop of ``clips`` clips evenly spaced over the
+    dataset. Drawn from no random stream, so computing it never changes what training sees."""
+    dataset = sampler.dataset
+    ids = np.unique(np.linspace(0, len(dataset) - 1, min(clips, len(dataset))).round().astype(np.int64))
+    starts = (dataset.clip_length[ids] - sampler.crop_frames) // 2  # negative: silence both sides
+    rows, inside = dataset.gather_rows(ids, starts, sampler.crop_frames)
+    return RawCrops(torch.from_numpy(rows), torch.from_numpy(inside), dataset.silence)
+
+
+@torch.no_grad()
+def health_figures(state: TrainState, chunk: int = 256) -> dict[str, float]:
+    """Effective rank and per-dimension std (:func:`training.monitor.representation_health`) of the
+    encoder and projector outputs for the fixed batch, in eval mode (BatchNorm's running statistics,
+    no dropout: nothing random is drawn and no running statistic changes)."""
+    if state.health_input is None:
+        x = model_input(state, health_crops(state.sampler, state.cfg.rankme_clips))
+        state.health_input = state.augmenter.norm(x) if state.augmenter.norm is not None else x
+    autocast = (
+        torch.autocast(state.device.type, dtype=state.amp_dtype)
+        if state.amp_dtype
+        else contextlib.nullcontext()
+    )
+    net, was_training = state.net, state.net.training
+    net.eval()
+    try:
+        ys, zs = [], []
+        with autocast:
+            for part in state.health_input.split(chunk):
+                y = net.encoder(part)
+                ys.append(y.float())
+                zs.append(net.projector(y).float())
+    finally:
+        net.train(was_training)
+    return representation_health(torch.cat(ys), torch.cat(zs))
 
 
 # ---- state ----------------------------------------------------------------------------------

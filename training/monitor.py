@@ -1,5 +1,6 @@
 """What a run shows while it trains: progress bar, TensorBoard scalars, a CSV log, and images of the
-cross-correlation matrix and the loss curve.
+cross-correlation matrix, the loss curve and the representation's health (effective rank and
+per-dimension std of the embeddings of a fixed batch, :func:`representation_health`).
 
 Images are drawn on a background thread from data the monitor already holds (the loss curve from
 its in-memory history, not by re-reading metrics.csv), so rank 0 never holds up the other ranks.
@@ -26,13 +27,55 @@ CSV_FIELDS = [
     "lr_biases",
     "samples_per_s",
     "embedding_std",
+    # Representation health on a fixed batch (blank in rows where it was not computed).
+    "rankme_encoder",
+    "rankme_projector",
+    "std_mean_encoder",
+    "std_min_encoder",
 ]
+HEALTH_FIELDS = CSV_FIELDS[-4:]
+RANKME_EPS = 1e-7
 
 
 def embedding_std(z: torch.Tensor) -> float:
     """Mean per-dimension std of L2-normalised embeddings: ~1/sqrt(D) when healthy, 0 at collapse."""
     z = torch.nn.functional.normalize(z.detach().float(), dim=1)
     return float(z.std(dim=0).mean())
+
+
+def effective_rank(z: torch.Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe (Garrido et al., ICML 2023): ``exp(-sum p_k log p_k)`` with ``p_k = s_k / |s|_1 + eps``
+    over the singular values ``s_k`` of the (N, D) embedding matrix, uncentred as in the paper.
+
+    Between 1 (one direction: collapse) and min(N, D) (all singular values equal). In float64, so
+    that tiny singular values of a collapsed matrix do not come out as rounding noise.
+    """
+    s = torch.linalg.svdvals(z.detach().double())
+    p = s / s.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def representation_health(encoder_out: torch.Tensor, projector_out: torch.Tensor | None) -> dict[str, float]:
+    """The health figures of :data:`HEALTH_FIELDS` for embeddings of one fixed batch.
+
+    The per-dimension std is of the raw encoder embeddings: its minimum shows dimensions that have
+    died (constant over inputs) even while the mean looks healthy.
+    """
+    y = encoder_out.detach().float()
+    std = y.std(dim=0)
+    return {
+        "rankme_encoder": effective_rank(y),
+        "rankme_projector": effective_rank(projector_out) if projector_out is not None else float("nan"),
+        "std_mean_encoder": float(std.mean()),
+        "std_min_encoder": float(std.min()),
+    }
+
+
+def _health_of(row: dict[str, str]) -> tuple[float, ...] | None:
+    """(step, *figures) of a metrics.csv row that holds health figures, else None."""
+    if not row.get(HEALTH_FIELDS[0]):
+        return None
+    return (int(float(row["step"])), *(float(row[k]) for k in HEALTH_FIELDS))
 
 
 class Monitor:
@@ -51,6 +94,8 @@ class Monitor:
         self.curve: list[tuple[int, float, float]] = [
             (int(float(r["step"])), float(r["loss"]), float(r["on_diag"])) for r in self.rows()
         ]
+        # (step, *HEALTH_FIELDS) of every row that has them: the health figure's data.
+        self.health = [h for h in map(_health_of, self.rows()) if h is not None]
         self._painter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor-images")
         self._painting: concurrent.futures.Future | None = None
 
@@ -76,13 +121,16 @@ class Monitor:
             return list(csv.DictReader(f))
 
     def log(self, row: dict[str, float]) -> None:
+        """Append a metrics row; the health columns may be left out (written blank)."""
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
         step = int(row["step"])
         self.curve.append((step, float(row["loss"]), float(row["on_diag"])))
+        if HEALTH_FIELDS[0] in row:
+            self.health.append((step, *(float(row[k]) for k in HEALTH_FIELDS)))
         for key, value in row.items():
             if key not in ("step", "epoch"):
-                self.writer.add_scalar(f"train/{key}", value, step)
+                self.writer.add_scalar(f"{'health' if key in HEALTH_FIELDS else 'train'}/{key}", value, step)
 
     def log_probe(self, step: int, task: str, score: float) -> None:
         path = self.run_dir / "probe.csv"
@@ -103,9 +151,9 @@ class Monitor:
         n = min(128, c.shape[0])
         corner = c[:n, :n].detach().float().cpu().numpy()
         self.wait()
-        self._painting = self._painter.submit(self._draw, step, corner, list(self.curve))
+        self._painting = self._painter.submit(self._draw, step, corner, list(self.curve), list(self.health))
 
-    def _draw(self, step: int, corner, curve: list[tuple[int, float, float]]) -> None:
+    def _draw(self, step: int, corner, curve: list[tuple[int, float, float]], health: list[tuple]) -> None:
         # The object-oriented API (no pyplot): figures owned by this thread, no global state.
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -133,7 +181,30 @@ class Monitor:
             ax.set_title("Barlow Twins loss")
             fig.savefig(self.images / "loss_curve.png", dpi=100, bbox_inches="tight")
             self._add_image("images/loss_curve", fig, step)
+        if health:
+            self._draw_health(step, health)
         self.writer.flush()
+
+    def _draw_health(self, step: int, health: list[tuple]) -> None:
+        """Effective rank (left) and per-dimension std (right) of the fixed batch's embeddings."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        steps, rank_enc, rank_proj, std_mean, std_min = (list(col) for col in zip(*health))
+        fig = Figure(figsize=(10, 4))
+        FigureCanvasAgg(fig)
+        left, right = fig.subplots(1, 2)
+        left.plot(steps, rank_enc, label="encoder")
+        if not all(np.isnan(rank_proj)):
+            left.plot(steps, rank_proj, label="projector")
+        left.set(xlabel="step", title="effective rank (RankMe), fixed batch")
+        left.legend()
+        right.plot(steps, std_mean, label="mean")
+        right.plot(steps, std_min, label="min")
+        right.set(xlabel="step", title="per-dimension std of encoder embeddings")
+        right.legend()
+        fig.savefig(self.images / "health.png", dpi=100, bbox_inches="tight")
+        self._add_image("images/health", fig, step)
 
     def _add_image(self, tag: str, fig, step: int) -> None:
         # SummaryWriter.add_figure imports pyplot (global state, a GUI backend perhaps): render here.

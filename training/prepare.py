@@ -1,7 +1,8 @@
-"""Decode a corpus once into memory-mappable float16 log-mel shards for pre-training.
+"""Decode a corpus once into memory-mappable float16 log-mel (or waveform) shards for pre-training.
 
     python -m training.prepare SRC OUT_DIR [--workers N] [--clips-per-shard N] [--part I/N]
-                               [--max-seconds-per-clip S] [--overwrite] [--no-progress]
+                               [--max-seconds-per-clip S] [--store logmel|waveform]
+                               [--overwrite] [--no-progress]
 
 SRC is a folder (searched recursively) or a list file of audio paths. Rerunning the same command
 resumes. ``--part I/N`` builds only the I-th of N slices of the shards, so that several processes
@@ -44,8 +45,12 @@ from .file_locks import LockError, LockSet, describe_holder
 
 logger = logging.getLogger("training.prepare")  # not __main__ under `python -m`
 
-# Bump when the shard or manifest layout changes; data.py refuses newer versions.
-SHARD_FORMAT_VERSION = 1
+# Bump when the shard or manifest layout changes; data.py refuses newer versions. Log-mel folders
+# keep version 1 (their layout is unchanged, so older readers and finished shards stay valid);
+# version 2 added waveform shards (``--store waveform``), which older readers must refuse.
+SHARD_FORMAT_VERSION = 2
+LOGMEL_FORMAT_VERSION = 1
+STORES = ("logmel", "waveform")
 SHARD_DTYPE = np.float16
 DEFAULT_CLIPS_PER_SHARD = 2048  # ~256 MB per shard of 10 s clips; ~800 shards for AudioSet
 MANIFEST_NAME = "manifest.json"
@@ -67,7 +72,6 @@ __all__ = [
     "LockError",
     "ShardsBusyError",
     "combine_stats",
-    "find_audio_files",
     "parse_part",
     "part_shards",
     "prepare",
@@ -100,7 +104,7 @@ class PrepareSummary:
 @dataclass
 class _ClipResult:
     source: str
-    logmel: Optional[np.ndarray]  # float16 (frames, n_mels); None when skipped
+    data: Optional[np.ndarray]  # float16 rows: (frames, n_mels) or (hops, hop_length); None when skipped
     samples: int = 0
     count: int = 0
     total: float = 0.0
@@ -155,25 +159,23 @@ def scan_sources(src: Path, exclude: Optional[Path] = None) -> Sources:
     raise FileNotFoundError(f"SRC {src} is neither a folder nor a manifest file")
 
 
-def find_audio_files(src: Path) -> tuple[Path, list[str]]:
-    """Return (root, sources): sources are paths relative to root (or absolute) in shard order."""
-    found = scan_sources(src)
-    return found.root, found.files
-
-
 def _shard_name(index: int) -> str:
     return f"shard-{index:06d}"
 
 
-def _fingerprint(frontend: FrontendConfig, max_samples: Optional[int], sources: Sequence[str]) -> str:
+def _fingerprint(
+    frontend: FrontendConfig, max_samples: Optional[int], sources: Sequence[str], store: str = "logmel"
+) -> str:
     """Identifies a shard's inputs: a finished shard is reused only if this matches."""
     key = {
-        "format_version": SHARD_FORMAT_VERSION,
+        "format_version": LOGMEL_FORMAT_VERSION,
         "frontend": dataclasses.asdict(frontend),
         "max_samples": max_samples,
         "sources": list(sources),
         "resampler": _audio.RESAMPLE_ID,
     }
+    if store != "logmel":  # log-mel shards keep the key they always had
+        key["store"] = store
     if any(decoded_by_ffmpeg(source) for source in sources):
         # FFmpeg's decoders change between releases; and a shard built without PyAV (its m4a files
         # all skipped) is rebuilt once PyAV is installed. Shards of libsndfile formats keep their key.
@@ -234,8 +236,17 @@ def _init_worker() -> None:
     _FRONTEND = LogMelFrontend(FrontendConfig())
 
 
-def _process_file(task: tuple[str, str, Optional[int]]) -> _ClipResult:
-    root, source, max_samples = task
+def waveform_rows(wav: np.ndarray, hop_length: int) -> np.ndarray:
+    """float16 (hops, hop_length): the samples, zero-padded to whole hops, one hop per row (so the
+    readers' row gathering serves waveform shards as it does log-mel ones)."""
+    rows = -(-len(wav) // hop_length)
+    padded = np.zeros(rows * hop_length, dtype=np.float32)
+    padded[: len(wav)] = wav
+    return padded.reshape(rows, hop_length).astype(SHARD_DTYPE)
+
+
+def _process_file(task: tuple[str, str, Optional[int], str]) -> _ClipResult:
+    root, source, max_samples, store = task
     path = Path(root) / source
     assert _FRONTEND is not None, "worker not initialised"
     try:
@@ -250,17 +261,26 @@ def _process_file(task: tuple[str, str, Optional[int]]) -> _ClipResult:
                 f"its log-mel is not finite (peak sample {float(np.abs(wav).max()):.3g}; audio should lie "
                 "in [-1, 1]): the file is corrupt or mis-scaled"
             )
-        values = logmel.astype(np.float64)
+        values = logmel.astype(np.float64)  # the statistics are of the log-mel, whatever is stored
+        if store == "waveform":
+            if np.abs(wav).max(initial=0.0) > np.finfo(SHARD_DTYPE).max:
+                raise FloatingPointError(
+                    f"peak sample {float(np.abs(wav).max()):.3g} overflows float16 waveform shards (audio "
+                    "should lie in [-1, 1]): the file is mis-scaled"
+                )
+            data = waveform_rows(wav, _FRONTEND.cfg.hop_length)
+        else:
+            data = np.ascontiguousarray(logmel.T, dtype=SHARD_DTYPE)
         return _ClipResult(
             source=source,
-            logmel=np.ascontiguousarray(logmel.T, dtype=SHARD_DTYPE),
+            data=data,
             samples=int(wav.shape[0]),
             count=int(values.size),
             total=float(values.sum()),
             total_sq=float(np.square(values).sum()),
         )
     except Exception as err:  # never fatal: one bad file must not stop a 1.6 M-file job
-        return _ClipResult(source=source, logmel=None, error=f"{type(err).__name__}: {err}")
+        return _ClipResult(source=source, data=None, error=f"{type(err).__name__}: {err}")
 
 
 @contextlib.contextmanager
@@ -273,7 +293,7 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _imap_results(tasks: list[tuple[str, str, Optional[int]]], workers: int) -> Iterator[_ClipResult]:
+def _imap_results(tasks: list[tuple[str, str, Optional[int], str]], workers: int) -> Iterator[_ClipResult]:
     """Results in task order, decoded by ``workers`` processes (inline when 1)."""
     workers = min(workers, len(tasks))  # a spawned worker costs a torch import: none idle
     if workers <= 1:
@@ -295,17 +315,27 @@ def _atomic_write(path: Path, write: Any) -> None:
         write(f)
 
 
+def row_width(frontend: FrontendConfig, store: str) -> int:
+    """Values per stored row: a log-mel frame's n_mels, or a hop of waveform samples."""
+    return frontend.hop_length if store == "waveform" else frontend.n_mels
+
+
 def _write_shard(
-    out_dir: Path, index: int, fingerprint: str, results: list[_ClipResult], frontend: FrontendConfig
+    out_dir: Path,
+    index: int,
+    fingerprint: str,
+    results: list[_ClipResult],
+    frontend: FrontendConfig,
+    store: str = "logmel",
 ) -> dict[str, Any]:
     name = _shard_name(index)
-    kept = [r for r in results if r.logmel is not None]
-    lengths = np.array([r.logmel.shape[0] for r in kept], dtype=np.int64)
+    kept = [r for r in results if r.data is not None]
+    lengths = np.array([r.data.shape[0] for r in kept], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if kept else lengths
     data = (
-        np.concatenate([r.logmel for r in kept], axis=0)
+        np.concatenate([r.data for r in kept], axis=0)
         if kept
-        else np.zeros((0, frontend.n_mels), dtype=SHARD_DTYPE)
+        else np.zeros((0, row_width(frontend, store)), dtype=SHARD_DTYPE)
     )
     clip_index = np.stack([offsets, lengths], axis=1) if kept else np.zeros((0, 2), dtype=np.int64)
     data_path = out_dir / SHARD_DIR / f"{name}.npy"
@@ -328,7 +358,7 @@ def _write_shard(
             "sumsq": float(sum(r.total_sq for r in kept)),
         },
         "sources": [r.source for r in kept],
-        "skipped": [{"path": r.source, "reason": r.error} for r in results if r.logmel is None],
+        "skipped": [{"path": r.source, "reason": r.error} for r in results if r.data is None],
     }
     # The record goes last: it is the marker that the shard's data and index are complete.
     _atomic_write(out_dir / SHARD_DIR / f"{name}.json", lambda f: f.write(_dumps(record)))
@@ -398,11 +428,12 @@ def _build_shards(
     workers: int,
     frontend: FrontendConfig,
     bar: tqdm,
+    store: str = "logmel",
 ) -> dict[int, dict[str, Any]]:
     """Decode the files of shards ``todo`` (whose locks the caller holds) and write the shards."""
     if not todo:
         return {}
-    tasks = [(str(root), source, max_samples) for i in todo for source in plan[i]]
+    tasks = [(str(root), source, max_samples, store) for i in todo for source in plan[i]]
     results = _imap_results(tasks, workers)
     records = {}
     try:
@@ -411,11 +442,11 @@ def _build_shards(
                 shard_results = []
                 for _ in plan[i]:
                     result = next(results)
-                    if result.logmel is None:
+                    if result.data is None:
                         logger.warning("skipping %s: %s", result.source, result.error)
                     shard_results.append(result)
                     bar.update(1)
-                records[i] = _write_shard(out_dir, i, fingerprints[i], shard_results, frontend)
+                records[i] = _write_shard(out_dir, i, fingerprints[i], shard_results, frontend, store)
     finally:
         if hasattr(results, "close"):
             results.close()  # shuts the pool down promptly on errors
@@ -441,8 +472,13 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     part: Optional[tuple[int, int]] = None,
+    store: str = "logmel",
 ) -> PrepareSummary:
     """Build (or finish) the shards of ``src`` in ``out_dir`` and write its manifest.
+
+    ``store="waveform"`` keeps float16 samples (one hop per row) instead of log-mel frames, for the
+    waveform augmentations of ``training.augment_wave``; the normalisation statistics are still the
+    log-mel's. A folder holds one kind: switching rebuilds every shard.
 
     ``part=(I, N)`` builds only the I-th (1-based) of N contiguous slices of the shard plan and writes
     no manifest: parts may run at once, on one machine or several sharing ``out_dir``, and shards
@@ -454,6 +490,8 @@ def prepare(
         raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
     if part is not None:
         _check_part(part)
+    if store not in STORES:
+        raise ValueError(f"store must be one of {STORES}, got {store!r}")
     frontend = FrontendConfig()
     out_dir = Path(out_dir).resolve()
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -477,7 +515,7 @@ def prepare(
     )
 
     plan = [sources[i : i + clips_per_shard] for i in range(0, len(sources), clips_per_shard)]
-    fingerprints = [_fingerprint(frontend, max_samples, shard) for shard in plan]
+    fingerprints = [_fingerprint(frontend, max_samples, shard, store) for shard in plan]
     mine = range(len(plan)) if part is None else part_shards(part, len(plan))
     if part is not None and not mine:
         logger.warning(
@@ -514,7 +552,16 @@ def prepare(
             ) as bar:
                 records.update(
                     _build_shards(
-                        out_dir, found.root, plan, fingerprints, todo, max_samples, workers, frontend, bar
+                        out_dir,
+                        found.root,
+                        plan,
+                        fingerprints,
+                        todo,
+                        max_samples,
+                        workers,
+                        frontend,
+                        bar,
+                        store,
                     )
                 )
             built += todo
@@ -547,7 +594,7 @@ def prepare(
             )
         done = [records[i] for i in range(len(plan))]
         manifest_path, totals = _write_manifest(
-            out_dir, found, done, frontend, clips_per_shard, max_seconds_per_clip
+            out_dir, found, done, frontend, clips_per_shard, max_seconds_per_clip, store
         )
     return PrepareSummary(
         clips=totals["clips"],
@@ -593,6 +640,7 @@ def _write_manifest(
     frontend: FrontendConfig,
     clips_per_shard: int,
     max_seconds_per_clip: Optional[float],
+    store: str = "logmel",
 ) -> tuple[Path, dict[str, Any]]:
     """Write manifest.json from every shard's record; returns (its path, its totals)."""
     stale = sorted(
@@ -603,10 +651,16 @@ def _write_manifest(
     # Files that failed to decode (in shard order), then the files the finder left out (in path order).
     skipped = [s for r in done for s in r["skipped"]] + found.left_out
     seconds = sum(r["seconds"] for r in done)
+    waveform = store == "waveform"
     manifest = {
-        "format_version": SHARD_FORMAT_VERSION,
+        "format_version": SHARD_FORMAT_VERSION if waveform else LOGMEL_FORMAT_VERSION,
         "dtype": np.dtype(SHARD_DTYPE).name,
-        "layout": "data (frames, n_mels); index (clips, 2) = [first frame, frame count]",
+        "store": store,
+        "layout": (
+            "data (hops, hop_length) samples; index (clips, 2) = [first hop, hop count]"
+            if waveform
+            else "data (frames, n_mels); index (clips, 2) = [first frame, frame count]"
+        ),
         "frontend": dataclasses.asdict(frontend),
         "norm": combine_stats(done),
         "source_root": str(found.root),
@@ -689,6 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
         "very long recordings (default: keep whole files)",
     )
     parser.add_argument(
+        "--store",
+        choices=STORES,
+        default="logmel",
+        help="what the shards hold: log-mel frames (default), or float16 16 kHz samples for the waveform "
+        "augmentations (augment.wave_*; ~2.5x the size); the manifest's statistics are the log-mel's either way",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="rebuild every shard even if a finished one exists"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -732,6 +793,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             part=args.part,
+            store=args.store,
         )
     except (PrepareError, LockError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

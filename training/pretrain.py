@@ -275,8 +275,9 @@ class Handlers:
         self._steps_since += 1
         if step % cfg.log_every == 0:
             engine.check_finite(self.state)  # every rank, same steps: a device sync, not one per step
-        if self.monitor is not None and (self.logs.due(step) or done):
-            self.log(result)
+        health_due = bool(cfg.rankme_every) and (step % cfg.rankme_every == 0 or done)
+        if self.monitor is not None and (self.logs.due(step) or done or health_due):
+            self.log(result, health_due)
         if cfg.probe_every and step % cfg.probe_every == 0:
             self.score_probe()
         if checkpoint_due or done or stop:
@@ -284,11 +285,13 @@ class Handlers:
         if self.monitor is not None and (self.images.due(step) or done):
             self.monitor.images_at(step, result.c)
 
-    def log(self, result: engine.StepResult) -> None:
+    def log(self, result: engine.StepResult, health_due: bool = False) -> None:
         state = self.state
         now = time.perf_counter()
         rate = self._steps_since * self.cfg.batch_size / max(now - self._t_last, 1e-9)
-        self._t_last, self._steps_since = now, 0
+        health = engine.health_figures(state) if health_due else {}
+        # The health batch's time counts in no row's samples_per_s.
+        self._t_last, self._steps_since = time.perf_counter(), 0
         lrs = state.optimizer.param_groups
         self.monitor.log(
             {
@@ -301,6 +304,7 @@ class Handlers:
                 "lr_biases": lrs[-1]["lr"],
                 "samples_per_s": rate,
                 "embedding_std": result.embedding_std,
+                **health,
             }
         )
         self.postfix = {"loss": f"{result.loss:.2f}", "samples_s": f"{rate:.0f}"}
