@@ -168,15 +168,19 @@ class ABTEmbedder(nn.Module):
         n_ts = self.num_timestamps(n_samples)
         out = torch.empty(n_clips, n_ts, self.timestamp_embedding_size, device=audio.device)
         group = self._group_size(self.config.frontend.samples_to_frames(n_samples))
+        for s in range(0, n_clips, group):
+            self._timestamp_fill(self._centred_logmel(audio[s : s + group]), out[s : s + group])
+        ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
+        return out, ts
+
+    def _timestamp_fill(self, mel: torch.Tensor, out: torch.Tensor) -> None:
+        """Timestamp embeddings of clips from their log-mel on the timestamp grid, into ``out``."""
         fill = {
             "faithful": self._reuse_windows if self._exact_reuse else self._per_window_windows,
             "per_window": self._per_window_windows,
             "fast": self._fast_windows,
         }[self.timestamp_mode]
-        for s in range(0, n_clips, group):
-            fill(self._centred_logmel(audio[s : s + group]), out[s : s + group])
-        ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
-        return out, ts
+        fill(mel, out)
 
     def _per_window_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """Encode every window of (g, n_mels, frames) into ``out`` (g, n_ts, D), ``window_batch`` at a time."""
@@ -250,27 +254,56 @@ class ABTEmbedder(nn.Module):
         shorter than one window (950 ms) are padded with silence to one window.
         """
         n_clips, n_samples = audio.shape
-        n_frames = self.config.frontend.samples_to_frames(n_samples)
-        n_chunks = math.ceil(n_frames / self.window_frames)
-        padded_frames = n_chunks * self.window_frames
         out = torch.empty(n_clips, self.scene_embedding_size, device=audio.device)
-        group = self._group_size(padded_frames)
+        group = self._group_size(self._scene_frames(n_samples))
         for s in range(0, n_clips, group):
-            mel = self.logmel(audio[s : s + group])
-            g = mel.shape[0]
-            if self.encoder.frame_features_supported:
-                if n_frames < self.window_frames:
-                    mel = F.pad(
-                        mel, (0, self.window_frames - n_frames), value=self.config.frontend.silence_value
-                    )
-                x = self.normalize(mel).unsqueeze(1)
-                stride = self.encoder.TIME_STRIDE
-                chunk = max(stride, self.budget_frames // g // stride * stride)
-                out[s : s + g] = self.encoder.pooled_chunked(x, chunk).float()
-            else:
-                mel = F.pad(mel, (0, padded_frames - n_frames), value=self.config.frontend.silence_value)
-                chunks = mel.reshape(g, mel.shape[1], n_chunks, self.window_frames).permute(0, 2, 1, 3)
-                chunks = chunks.reshape(g * n_chunks, mel.shape[1], self.window_frames)
-                cls = self.encode_windows(chunks)
-                out[s : s + g] = cls.view(g, n_chunks, -1).mean(dim=1)
+            out[s : s + group] = self._scene_from_logmel(self.logmel(audio[s : s + group]))
         return out
+
+    def scene_and_timestamp_embeddings(
+        self, audio: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both embeddings of (B, N) audio from one log-mel: (B, D), (B, T, D), (B, T) ms.
+
+        The timestamp grid's log-mel is the clip's padded with silence samples on both sides (more
+        than the STFT reaches), so its frames [window/2, window/2 + n_frames) are the clip's own
+        frames, from the same samples: the scene is computed from them instead of a second STFT.
+        Equal to :meth:`scene_embeddings` and :meth:`timestamp_embeddings` up to float rounding
+        (the timestamp embeddings are the same computation).
+        """
+        n_clips, n_samples = audio.shape
+        n_frames = self.config.frontend.samples_to_frames(n_samples)
+        first = self.window_frames // 2
+        scene = torch.empty(n_clips, self.scene_embedding_size, device=audio.device)
+        emb = torch.empty(
+            n_clips, self.num_timestamps(n_samples), self.timestamp_embedding_size, device=audio.device
+        )
+        group = self._group_size(max(self._scene_frames(n_samples), n_frames + self.window_frames))
+        for s in range(0, n_clips, group):
+            mel = self._centred_logmel(audio[s : s + group])
+            self._timestamp_fill(mel, emb[s : s + group])
+            scene[s : s + group] = self._scene_from_logmel(mel[..., first : first + n_frames])
+        ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
+        return scene, emb, ts
+
+    def _scene_frames(self, n_samples: int) -> int:
+        """Log-mel frames a scene pass holds per clip (padded to whole windows)."""
+        n_frames = self.config.frontend.samples_to_frames(n_samples)
+        return math.ceil(n_frames / self.window_frames) * self.window_frames
+
+    def _scene_from_logmel(self, mel: torch.Tensor) -> torch.Tensor:
+        """(g, n_mels, n_frames) raw log-mel of whole clips -> (g, D) scene embeddings."""
+        g, n_mels, n_frames = mel.shape
+        silence = self.config.frontend.silence_value
+        if self.encoder.frame_features_supported:
+            if n_frames < self.window_frames:
+                mel = F.pad(mel, (0, self.window_frames - n_frames), value=silence)
+            x = self.normalize(mel).unsqueeze(1)
+            stride = self.encoder.TIME_STRIDE
+            chunk = max(stride, self.budget_frames // g // stride * stride)
+            return self.encoder.pooled_chunked(x, chunk).float()
+        n_chunks = math.ceil(n_frames / self.window_frames)
+        mel = F.pad(mel, (0, n_chunks * self.window_frames - n_frames), value=silence)
+        chunks = mel.reshape(g, n_mels, n_chunks, self.window_frames).permute(0, 2, 1, 3)
+        cls = self.encode_windows(chunks.reshape(g * n_chunks, n_mels, self.window_frames))
+        return cls.view(g, n_chunks, -1).mean(dim=1)

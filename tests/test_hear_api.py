@@ -271,3 +271,18 @@ def test_encode_windows_is_the_encoder_on_each_window_in_batches_of_window_batch
     )
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(whole, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which,mode", [("ntt", "faithful"), ("ntt", "fast"), ("vit", "faithful")])
+@pytest.mark.parametrize("n_samples", [3, 7000, 16000, 80123])
+def test_scene_and_timestamps_from_one_logmel_equal_the_two_calls(ntt_dir, vit_dir, which, mode, n_samples):
+    """ABTEmbedder.scene_and_timestamp_embeddings (hear-abt embed's path when both are wanted) takes the
+    scene's frames from the timestamp grid's log-mel: timestamps bitwise, scenes to float rounding."""
+    model = hear_abt.load_model(ntt_dir if which == "ntt" else vit_dir, timestamp_mode=mode)
+    audio = torch.randn(2, n_samples, generator=torch.Generator().manual_seed(n_samples)) * 0.1
+    with torch.no_grad():
+        scene, emb, ts = model.scene_and_timestamp_embeddings(audio)
+    want_emb, want_ts = hear_abt.get_timestamp_embeddings(audio, model)
+    assert torch.equal(emb, want_emb) and torch.equal(ts, want_ts)
+    want_scene = hear_abt.get_scene_embeddings(audio, model)
+    assert ((scene - want_scene).abs().max() / want_scene.abs().max()).item() <= 1e-6
