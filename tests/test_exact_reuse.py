@@ -138,3 +138,18 @@ def test_modes():
     assert not vit._exact_reuse  # ViTs: faithful is the per-window path
     with pytest.raises(ValueError, match="timestamp_mode"):
         ABTEmbedder(ModelConfig(), timestamp_mode="exact")
+
+
+def test_maxpool_without_autograd_is_bitwise_maxpool2d_and_with_autograd_is_maxpool2d_itself():
+    from hear_abt.encoders.audiontt import MaxPool2x2
+
+    pool = MaxPool2x2()
+    for shape in [(2, 3, 8, 10), (1, 4, 9, 11), (3, 2, 64, 601)]:
+        x = torch.relu(torch.randn(*shape))  # ties at 0, as after the encoder's ReLU
+        with torch.no_grad():
+            assert torch.equal(pool(x), torch.nn.functional.max_pool2d(x, 2))
+    x = torch.relu(torch.randn(2, 3, 8, 10)).requires_grad_()
+    pool(x).sum().backward()
+    want = x.detach().clone().requires_grad_()
+    torch.nn.functional.max_pool2d(want, 2).sum().backward()
+    assert torch.equal(x.grad, want.grad)  # one element of a tie gets the gradient, as MaxPool2d gives

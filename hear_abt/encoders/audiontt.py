@@ -18,12 +18,26 @@ from .base import Encoder
 from .registry import register_encoder
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)``; without autograd (inference) computed by :func:`_pool2x2`, bit for bit the
+    same and about 5x faster on the CPU. With autograd it is MaxPool2d itself: its gradient goes to one
+    element of a tie (common after ReLU), torch.maximum's would be split."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return _pool2x2(x)
+
+
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
     )
 
 
