@@ -250,6 +250,20 @@ def test_export_loads_through_hear_abt_and_embeds(corpus, tmp_path):
     )
 
 
+def test_weights_kept_along_the_way_load_and_the_last_equals_the_checkpoint(corpus, tmp_path):
+    assert run(corpus, tmp_path / "run", "keep_weights_at=[0.5, 1.0]", steps=6) == 0
+    kept = sorted(p.name for p in (tmp_path / "run" / "weights").iterdir())
+    assert kept == ["step-000003", "step-000006"]
+    half = hear_abt.load_model(tmp_path / "run" / "weights" / "step-000003")
+    end = hear_abt.load_model(tmp_path / "run" / "weights" / "step-000006")
+    assert half.config.provenance["step"] == 3 and end.config.provenance["step"] == 6
+    last = load_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["encoder"]
+    assert all(torch.equal(end.encoder.state_dict()[k], v) for k, v in last.items())
+    assert not all(torch.equal(half.encoder.state_dict()[k], v) for k, v in last.items())
+    with pytest.raises(SystemExit, match=r"keep_weights_at=\(0,\) is out of range"):
+        run(corpus, tmp_path / "bad", "keep_weights_at=[0]", steps=2)
+
+
 def test_linear_probe_monitor_logs_scores_and_keeps_the_best_checkpoint(corpus, tmp_path):
     from test_linear_eval import write_tone_task
 

@@ -74,6 +74,10 @@ class TrainConfig:
     # fixed batch of rankme_clips crops (rank <= min(clips, embedding dim)); rank 0 only, eval mode.
     rankme_every: int = 250
     rankme_clips: int = 1024
+    # Encoder weights kept along the way, at these fractions of the run's steps (e.g. [0.25, 0.5, 0.75];
+    # the end is always in checkpoints/last.pt): run_dir/weights/step-NNNNNN/, a folder load_model
+    # reads, so that how the embeddings transfer can be scored over the course of training.
+    keep_weights_at: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +119,14 @@ class TrainConfig:
             ("probe_protocol", self.probe_protocol, str, lambda v: v in ("logreg", "linear")),
             ("rankme_every", self.rankme_every, int, lambda v: v >= 0),
             ("rankme_clips", self.rankme_clips, int, lambda v: v >= 2),
+            (
+                "keep_weights_at",
+                self.keep_weights_at,
+                (tuple, list),
+                lambda v: all(
+                    isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in v
+                ),
+            ),
         ]
         for name, value, types, ok in checks:
             # bool is an int subclass: refuse it where a number is meant.
@@ -142,6 +154,8 @@ class TrainConfig:
         if bad:
             raise ValueError(f"unknown augment settings {sorted(bad)}")
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+        if isinstance(data.get("keep_weights_at"), list):
+            data["keep_weights_at"] = tuple(data["keep_weights_at"])
         return cls(augment=AugmentConfig(**aug), **data)
 
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from hear_abt.config import ModelConfig
+from hear_abt.weights import save_pretrained
 
 from . import distributed, engine
 from .checkpoint import CheckpointWriter, load_training_checkpoint
@@ -266,6 +267,8 @@ class Handlers:
         self.checkpoints = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
         self.logs = Cadence(cfg.log_every, cfg.log_minutes)
         self.images = Cadence(cfg.image_every, cfg.image_minutes)
+        total = self.state.total_steps
+        self.keep_steps = {min(total, max(1, round(f * total))) for f in cfg.keep_weights_at}
         self._t_last, self._steps_since = time.perf_counter(), 0
         self.postfix: dict[str, str] | None = None  # the progress bar's figures, after a log row
 
@@ -282,6 +285,8 @@ class Handlers:
             self.score_probe()
         if checkpoint_due or done or stop:
             self.save(self.run.run_dir.last)
+        if step in self.keep_steps and self.writer is not None:
+            self.keep_weights(step)
         if self.monitor is not None and (self.images.due(step) or done):
             self.monitor.images_at(step, result.c)
 
@@ -323,6 +328,16 @@ class Handlers:
         if score > self.state.best_probe:
             self.state.best_probe = score
             self.save(self.run.run_dir.best)
+
+    def keep_weights(self, step: int) -> None:
+        """Rank 0: the encoder as it is now, as a folder ``hear_abt.load_model`` reads (small beside a
+        checkpoint: no projector, optimiser or streams); written here, a few times per run."""
+        config = self.model_config
+        provenance = {**config.provenance, "step": step}
+        config = ModelConfig(
+            config.encoder, config.encoder_kwargs, config.frontend, config.norm, provenance=provenance
+        )
+        save_pretrained(self.run.run_dir.weights_at(step), config, self.state.net.encoder.state_dict())
 
     def save(self, path: Path) -> None:
         """Gather every rank's streams and hand a snapshot to rank 0's writer (all ranks call it)."""

@@ -2,6 +2,7 @@
 
 run.json               the run's settings (preset, data folder, full training config)
 checkpoints/last.pt    everything a resume needs; best.pt with the probe monitor
+weights/step-NNNNNN/   encoder weights kept along the way (keep_weights_at), folders load_model reads
 metrics.csv, tb/, images/, probe.csv
 """
 
@@ -41,6 +42,9 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.path / "checkpoints" / BEST_NAME
+
+    def weights_at(self, step: int) -> Path:
+        return self.path / "weights" / f"step-{step:06d}"
 
     def read_run(self) -> dict[str, Any]:
         if not self.run_file.is_file():
