@@ -153,7 +153,21 @@ def _split_sizes(n: int, valid_frac: float = 1 / 6, test_frac: float = 1 / 6) ->
     return n - nv - nt, nv, nt
 
 
-def _split_items(items: list, rng: np.random.Generator, fracs=(1 / 6, 1 / 6)) -> dict[str, list]:
+def write_task_files(task_dir: Path, entries: dict, labels: list[str], metadata: dict) -> None:
+    """The HEAR 2021 files beside ``task_dir/16000``: the split label files (``entries[split]``: file
+    name -> labels), ``labelvocabulary.csv`` and ``task_metadata.json`` (also used by abt_eval.realsuite)."""
+    for split in SPLITS:
+        atomic_write_text(task_dir / f"{split}.json", json.dumps(entries[split], indent=1))
+    with atomic_open(task_dir / "labelvocabulary.csv", "w") as f:
+        w = csv.writer(f)
+        w.writerow(["idx", "label"])
+        for i, lab in enumerate(labels):
+            w.writerow([i, lab])
+    atomic_write_text(task_dir / "task_metadata.json", json.dumps(metadata, indent=1))
+
+
+def split_items(items: list, rng: np.random.Generator, fracs=(1 / 6, 1 / 6)) -> dict[str, list]:
+    """``items`` shuffled by ``rng`` into train / valid / test (valid and test each ``fracs`` of them)."""
     items = list(items)
     order = rng.permutation(len(items))
     ntr, nv, _ = _split_sizes(len(items), *fracs)
@@ -207,7 +221,7 @@ def _note_timing(rng: np.random.Generator) -> dict:
 def design_speech_words(seed: int, small: bool) -> dict:
     rng = np.random.default_rng(seed_for(seed, "speech-words"))
     spk = speakers(6 if small else 30, rng)
-    by_split = _split_items(spk, rng)
+    by_split = split_items(spk, rng)
     words = WORDS[:SMALL_WORDS] if small else WORDS
     clips = {}
     for split in SPLITS:
@@ -265,7 +279,7 @@ def _note_jobs(task: str, seed: int, split: str, notes: list[dict]) -> list[dict
 def design_instrument(seed: int, small: bool) -> dict:
     rng = np.random.default_rng(seed_for(seed, "instrument"))
     pitches = list(range(60, 66)) if small else list(range(48, 84))
-    by_split = _split_items(pitches, rng)
+    by_split = split_items(pitches, rng)
     clips = {}
     for split in SPLITS:
         split_pitches = sorted(by_split[split])
@@ -311,7 +325,7 @@ def design_pitch(seed: int, small: bool) -> dict:
     rng = np.random.default_rng(seed_for(seed, "pitch"))
     pitches = list(range(60, 72)) if small else list(range(48, 72))  # start at a C: label idx % 12 == chroma
     programs = [0, 24, 56, 11] if small else PITCH_PROGRAMS
-    by_split = _split_items(programs, rng)
+    by_split = split_items(programs, rng)
     clips = {}
     for split in SPLITS:
         notes = [
@@ -341,7 +355,7 @@ def design_pitch(seed: int, small: bool) -> dict:
 
 def design_events(seed: int, small: bool) -> dict:
     rng = np.random.default_rng(seed_for(seed, "events"))
-    spk = _split_items(speakers(6 if small else 12, rng), rng)
+    spk = split_items(speakers(6 if small else 12, rng), rng)
     n = 12 if small else 120
     counts = dict(zip(SPLITS, _split_sizes(n)))
     clips = {}
@@ -583,17 +597,10 @@ def build_task(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
+    entries: dict = {split: {} for split in SPLITS}
     for split in SPLITS:
-        entries: dict = {}
         for r in results[split]:
-            entries.update(r)
-        atomic_write_text(task_dir / f"{split}.json", json.dumps(entries, indent=1))
-
-    with atomic_open(task_dir / "labelvocabulary.csv", "w") as f:
-        w = csv.writer(f)
-        w.writerow(["idx", "label"])
-        for i, lab in enumerate(design["labels"]):
-            w.writerow([i, lab])
+            entries[split].update(r)
 
     metadata = {
         "task_name": task,
@@ -610,7 +617,7 @@ def build_task(
         "description": f"abt_eval.devsuite synthetic task; held out across splits: {design['held_out']}",
         "seed": seed,
     }
-    atomic_write_text(task_dir / "task_metadata.json", json.dumps(metadata, indent=1))
+    write_task_files(task_dir, entries, design["labels"], metadata)
     generation = {"metadata": metadata, "clips": design["clips"]}
     atomic_write_text(task_dir / "generation.json", json.dumps(generation, indent=1))
     atomic_write_text(task_dir / ".complete", json.dumps(_marker(task, seed, small)))  # last: the marker

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from hear_abt.config import SAMPLE_RATE
 from hear_abt.fileio import atomic_write_text
 
-from ..devsuite import SPLITS
+from ..devsuite import SPLITS, write_task_files
 from ..sounds import process_pool
 from .sources import fetch_package, package_info
 from .tasks import (
@@ -27,7 +27,6 @@ from .tasks import (
     provenance,
     work_event_mix,
     work_scene,
-    write_task_files,
 )
 
 

@@ -6,9 +6,7 @@ unpacked packages. See ``docs/realsuite.md``.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,9 +16,8 @@ import soundfile as sf
 
 from hear_abt.audio import load_audio, resample
 from hear_abt.config import SAMPLE_RATE
-from hear_abt.fileio import atomic_open, atomic_write_text
 
-from ..devsuite import SPLITS, _split_items
+from ..devsuite import SPLITS, split_items
 from ..sounds import active_span, fade, normalise, place, seed_for, write_wav
 from .sources import (
     EVENT_CLASSES,
@@ -97,9 +94,9 @@ def assign_splits(
         for g, members in groups.items():
             by_label.setdefault(members[0].label, []).append(g)
         dropped = sorted(lab for lab, gs in by_label.items() if len(gs) < 3)
-        parts = [_split_items(gs, rng) for lab, gs in sorted(by_label.items()) if lab not in dropped]
+        parts = [split_items(gs, rng) for lab, gs in sorted(by_label.items()) if lab not in dropped]
     else:
-        dropped, parts = [], [_split_items(sorted(groups), rng)]
+        dropped, parts = [], [split_items(sorted(groups), rng)]
     out = {s: [f for part in parts for g in part[s] for f in groups[g]] for s in SPLITS}
     return out, dropped
 
@@ -326,19 +323,6 @@ def work_event_mix(job: dict, out_dir: str, duration: float) -> tuple[dict, dict
 
 
 # ------------------------------------------------------------------------------------------ writing
-
-
-def write_task_files(task_dir: Path, entries: dict, labels: list[str], metadata: dict) -> None:
-    """The HEAR 2021 files beside ``task_dir/16000``: split label files, vocabulary, metadata (the layout
-    ``abt_eval.devsuite`` writes)."""
-    for split in SPLITS:
-        atomic_write_text(task_dir / f"{split}.json", json.dumps(entries[split], indent=1))
-    with atomic_open(task_dir / "labelvocabulary.csv", "w") as f:
-        w = csv.writer(f)
-        w.writerow(["idx", "label"])
-        for i, lab in enumerate(labels):
-            w.writerow([i, lab])
-    atomic_write_text(task_dir / "task_metadata.json", json.dumps(metadata, indent=1))
 
 
 def provenance(task: str, design: dict, cache: Path, seed: int, clip_info: dict) -> dict:
