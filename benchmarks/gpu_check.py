@@ -50,6 +50,8 @@ is skipped with a message (its row says so):
   fault is far above that: with BatchNorm left in training mode on the 2 CPU ranks (each half's own
   statistics) the gradient's error was 1.3 and the loss's 1e-3.
 * **precision**: the same N steps (same weights, batches, augmentation draws) in fp32 and bf16.
+* **waveaug**: ms per view of a batch (paper: 128 x 96 frames) for the device-side waveform front-end and
+  all five waveform augmentations (training.augment_wave), and their share of the eager step per sample.
 * **hear**: HEAR API x real time on a clip on the device (AudioNTT faithful, fast, scene; ViT_C).
 * **heareval**: heareval's embeddings runner on the dev suite's small task, if heareval is installed
   (else skipped with a message).
@@ -126,7 +128,18 @@ TINY_ENCODER = {
 # DDP comparison: relative L2 error allowed (fp32, TF32 off); see the module docstring.
 DDP_TOLERANCE = {"gloo": 1e-4, "nccl": 1e-3}
 RESULT = "GPU-CHECK-RESULT "  # prefix of a worker's one-line JSON answer
-SECTIONS = ("train", "syncs", "torchrun", "requeue", "ddp", "precision", "hear", "heareval", "variants")
+SECTIONS = (
+    "train",
+    "syncs",
+    "torchrun",
+    "requeue",
+    "ddp",
+    "precision",
+    "waveaug",
+    "hear",
+    "heareval",
+    "variants",
+)
 # Rough seconds a section needs (one GPU, full sizes; --tiny on a CPU): it is skipped when less is left.
 SECTION_SECONDS = {
     "train": (60, 20),
@@ -135,6 +148,7 @@ SECTION_SECONDS = {
     "requeue": (60, 25),
     "ddp": (45, 25),
     "precision": (25, 10),
+    "waveaug": (10, 10),
     "hear": (30, 5),
     "heareval": (60, 30),
     "variants": (40, 15),
@@ -900,6 +914,48 @@ def precision_section(report: Report, dataset, device, args) -> None:
     report.add("precision", "relative difference after N steps", rel, "", f"first step: {first:.2e}")
 
 
+# ---- waveform augmentations ----------------------------------------------------------------------
+
+
+def waveaug_section(report: Report, device, args, eager: dict) -> None:
+    """ms per view of a batch for the device-side waveform front-end and all five waveform
+    augmentations (training.augment_wave), beside the eager step of the first preset."""
+    from hear_abt.config import FrontendConfig
+    from hear_abt.frontend import LogMelFrontend
+    from training.augment_wave import WaveAugmenter, WaveAugmentSettings, context_hops, input_hops
+
+    batch, crop = (8, 96) if args.tiny else (128, 96)
+    frontend = LogMelFrontend(FrontendConfig()).to(device)
+    context = context_hops(frontend.cfg.n_fft, frontend.cfg.hop_length)
+    gen = torch.Generator(device=device).manual_seed(0)
+    blocks = {
+        "front-end only": {},
+        "all five": {f"{b}_p": 1.0 for b in ("gain", "eq", "reverb", "pitch", "stretch")},
+    }
+    per_view = {}
+    for name, settings in blocks.items():
+        s = WaveAugmentSettings(**settings)
+        wav = 0.1 * torch.randn(
+            batch, input_hops(crop, context, s.max_rate) * frontend.cfg.hop_length, device=device
+        )
+        aug = WaveAugmenter(s, frontend, crop, context)
+        times = []
+        for _ in range(4):  # the first is the warm-up (FFT plans, allocations)
+            sync(device)
+            t0 = time.perf_counter()
+            aug(wav, gen)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        per_view[name] = 1000 * min(times[1:])
+        report.add("waveaug", f"{name}, one view of {batch} x {crop} frames", per_view[name], "ms")
+    preset = PRESETS[0]
+    both = 2 * per_view["all five"]
+    note = ""
+    if eager.get(preset):  # per sample: the augmentations' time against the eager step's
+        note = f"{(both / batch) / (1000 / eager[preset]):.1%} of a {preset} step's time per sample"
+    report.add("waveaug", "both views, all five blocks", both, "ms", note)
+
+
 # ---- hear ----------------------------------------------------------------------------------------
 
 
@@ -1185,6 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
             ("requeue", lambda: requeue_section(report, data, work, device, args, budget)),
             ("ddp", lambda: ddp_section(report, data, work, device, args, budget)),
             ("precision", lambda: precision_section(report, dataset, device, args)),
+            ("waveaug", lambda: waveaug_section(report, device, args, eager)),
             ("hear", lambda: hear_section(report, device, args)),
             ("heareval", lambda: heareval_section(report, work, device, args, budget)),
             ("variants", lambda: variants_section(report, data, device, args, budget, eager)),

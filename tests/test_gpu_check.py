@@ -103,7 +103,22 @@ def test_gpu_check_runs_on_the_cpu_and_reports_real_figures(tmp_path):
         value, note = text("variants", f"{preset} samples/s, compile=true")
         assert value == "skipped" and "--variants" in note  # off on the CPU by default, and said so
 
-    for section in ("train", "torchrun", "requeue", "ddp", "precision", "hear", "heareval", "variants"):
+    for name in ("front-end only, one view of 8 x 96 frames", "all five, one view of 8 x 96 frames"):
+        number("waveaug", name)
+    both, note = text("waveaug", "both views, all five blocks")
+    assert both > 0 and "of a audioset-audiontt step's time per sample" in note
+
+    for section in (
+        "train",
+        "torchrun",
+        "requeue",
+        "ddp",
+        "precision",
+        "waveaug",
+        "hear",
+        "heareval",
+        "variants",
+    ):
         number("time", section, positive=False)
         assert f"({section}: " in out  # elapsed time printed per section
     assert not any(r["value"] == "skipped" and "budget" in r["note"] for r in rows.values())
