@@ -127,6 +127,16 @@ def test_gpu_check_runs_on_the_cpu_and_reports_real_figures(tmp_path):
 def test_sections_past_the_budget_are_skipped_with_a_message(tmp_path):
     proc, rows = run_check(tmp_path, "--budget-seconds", "0")
     skipped = {s for (s, name), r in rows.items() if name == "section" and r["value"] == "skipped"}
-    assert skipped == {"train", "torchrun", "requeue", "ddp", "precision", "hear", "heareval", "variants"}
+    assert skipped == {
+        "train",
+        "torchrun",
+        "requeue",
+        "ddp",
+        "precision",
+        "waveaug",
+        "hear",
+        "heareval",
+        "variants",
+    }
     assert all("budget" in rows[(s, "section")]["note"] for s in skipped)
     assert "budget: 0 s left" in proc.stdout
