@@ -151,28 +151,8 @@ def build(
     ``reader_threads`` (default :func:`training.data.default_reader_threads`) gather batches in
     parallel, ``prefetch`` batches ahead; neither changes what a step sees.
     """
-    if cfg.batch_size % world_size:
-        raise TrainingSetupError(
-            f"batch_size {cfg.batch_size} is not divisible by the world size {world_size}; "
-            f"use a multiple of {world_size}"
-        )
-    local_batch = cfg.batch_size // world_size
+    local_batch = _rank_batch(cfg, len(dataset), world_size, rank)
     wave = wave_augmenter(cfg, dataset, device)
-    if world_size > 1 and local_batch < SMALL_RANK_BATCH and rank == 0:
-        warnings.warn(
-            f"batch_size {cfg.batch_size} over {world_size} ranks is {local_batch} samples per rank: "
-            "BatchNorm statistics, the loss's gathers and the gradient all-reduce then cost more than "
-            "each rank's compute. Use fewer GPUs, or a larger batch such as the audioset-audiontt-1024 "
-            "preset (docs/pretraining.md).",
-            stacklevel=2,
-        )
-    if len(dataset) // world_size < local_batch:
-        most = len(dataset) // world_size * world_size
-        raise TrainingSetupError(
-            f"{len(dataset)} clips do not fill one batch of {cfg.batch_size}"
-            + (f" over {world_size} ranks" if world_size > 1 else "")
-            + f": pass a smaller batch_size= (at most {most}) or prepare more clips"
-        )
     sampler = CropSampler(
         dataset,
         local_batch,
@@ -195,30 +175,7 @@ def build(
         torch.backends.cudnn.allow_tf32 = cfg.tf32
         torch.backends.cudnn.benchmark = True
 
-    # Same initial weights on every rank (DDP also broadcasts rank 0's at construction).
-    torch.manual_seed(cfg.seed)
-    net = BarlowTwinsModel(cfg, dataset.frontend).to(device)
-    if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    encoder = net.encoder
-    if encoder.input_frames is not None and cfg.crop_frames != encoder.input_frames:
-        raise TrainingSetupError(
-            f"{cfg.encoder} takes {encoder.input_frames}-frame inputs (its positional grid), "
-            f"so crop_frames={cfg.crop_frames} cannot be used; set crop_frames={encoder.input_frames}"
-        )
-    if cfg.augment.mask_ratio > 0 and not encoder.supports_masking:
-        raise TrainingSetupError(f"augment.mask_ratio needs a patch-token encoder; {cfg.encoder} has none")
-    model: nn.Module = net
-    if world_size > 1:
-        if device.type == "cuda":
-            # Global batch statistics in every BatchNorm, as in the single-process run.
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            net = model
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        model = torch.compile(model)
+    model, net = _build_model(cfg, dataset, device, world_size)
     optimizer = build_optimizer(
         cfg.optimizer, net, cfg.lr_weights, cfg.lr_biases, cfg.weight_decay, batch_size=cfg.batch_size
     )
@@ -249,6 +206,64 @@ def build(
         first_bad_loss=torch.tensor(0.0, device=device),
         wave=wave,
     )
+
+
+def _rank_batch(cfg: TrainConfig, n_clips: int, world_size: int, rank: int) -> int:
+    """Samples per rank; refuses a batch the ranks cannot split or the data cannot fill, warns when
+    it is small enough for communication to outweigh compute."""
+    if cfg.batch_size % world_size:
+        raise TrainingSetupError(
+            f"batch_size {cfg.batch_size} is not divisible by the world size {world_size}; "
+            f"use a multiple of {world_size}"
+        )
+    local_batch = cfg.batch_size // world_size
+    if world_size > 1 and local_batch < SMALL_RANK_BATCH and rank == 0:
+        warnings.warn(
+            f"batch_size {cfg.batch_size} over {world_size} ranks is {local_batch} samples per rank: "
+            "BatchNorm statistics, the loss's gathers and the gradient all-reduce then cost more than "
+            "each rank's compute. Use fewer GPUs, or a larger batch such as the audioset-audiontt-1024 "
+            "preset (docs/pretraining.md).",
+            stacklevel=3,
+        )
+    if n_clips // world_size < local_batch:
+        most = n_clips // world_size * world_size
+        raise TrainingSetupError(
+            f"{n_clips} clips do not fill one batch of {cfg.batch_size}"
+            + (f" over {world_size} ranks" if world_size > 1 else "")
+            + f": pass a smaller batch_size= (at most {most}) or prepare more clips"
+        )
+    return local_batch
+
+
+def _build_model(
+    cfg: TrainConfig, dataset: ShardDataset, device: torch.device, world_size: int
+) -> tuple[nn.Module, BarlowTwinsModel]:
+    """(the module a step calls: DDP-wrapped and/or compiled as asked, the model itself), seeded so
+    that every rank starts from the same weights (DDP also broadcasts rank 0's at construction)."""
+    torch.manual_seed(cfg.seed)
+    net = BarlowTwinsModel(cfg, dataset.frontend).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    encoder = net.encoder
+    if encoder.input_frames is not None and cfg.crop_frames != encoder.input_frames:
+        raise TrainingSetupError(
+            f"{cfg.encoder} takes {encoder.input_frames}-frame inputs (its positional grid), "
+            f"so crop_frames={cfg.crop_frames} cannot be used; set crop_frames={encoder.input_frames}"
+        )
+    if cfg.augment.mask_ratio > 0 and not encoder.supports_masking:
+        raise TrainingSetupError(f"augment.mask_ratio needs a patch-token encoder; {cfg.encoder} has none")
+    model: nn.Module = net
+    if world_size > 1:
+        if device.type == "cuda":
+            # Global batch statistics in every BatchNorm, as in the single-process run.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = model
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+    return model, net
 
 
 def wave_augmenter(cfg: TrainConfig, dataset: ShardDataset, device: torch.device) -> WaveAugmenter | None:

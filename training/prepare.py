@@ -495,87 +495,31 @@ def prepare(
     frontend = FrontendConfig()
     out_dir = Path(out_dir).resolve()
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    found = scan_sources(Path(src), exclude=out_dir)
-    sources = found.files
-    if not sources:
-        others = f"; it holds {len(found.left_out)} other files ({_reason_counts(found.left_out)})"
-        raise FileNotFoundError(
-            f"no audio files found in {src} (extensions: {', '.join(AUDIO_EXTENSIONS)})"
-            + (others if found.left_out else "")
-        )
-    if found.left_out:
-        logger.warning(
-            "%d files in %s are not prepared (%s): the manifest's skipped list names them",
-            len(found.left_out),
-            found.root,
-            _reason_counts(found.left_out),
-        )
+    found = _audio_sources(Path(src), out_dir)
     max_samples = (
         None if max_seconds_per_clip is None else max(1, int(max_seconds_per_clip * frontend.sample_rate))
     )
-
+    sources = found.files
     plan = [sources[i : i + clips_per_shard] for i in range(0, len(sources), clips_per_shard)]
-    fingerprints = [_fingerprint(frontend, max_samples, shard, store) for shard in plan]
+    job = _ShardJob(out_dir, found.root, plan, [_fingerprint(frontend, max_samples, s, store) for s in plan],
+                    max_samples, workers, frontend, store, overwrite, progress, part)  # fmt: skip
     mine = range(len(plan)) if part is None else part_shards(part, len(plan))
     if part is not None and not mine:
         logger.warning(
             "part %d/%d has no shards: the plan has %d (use at most %d parts)", *part, len(plan), len(plan)
         )
-    built: list[int] = []
-    records: dict[int, dict[str, Any]] = {}
     with LockSet() as locks:
         if part is None:
-            # One job at a time writes the manifest (and may remove its temporaries).
-            manifest_lock = out_dir / f"manifest{LOCK_SUFFIX}"
-            holder = locks.take(manifest_lock)
-            if holder is not None:
-                raise LockError(
-                    f"another prepare without --part is writing {out_dir} ({describe_holder(holder)}). Let it "
-                    f"finish; if it is not running (it died on another machine), delete {manifest_lock}"
-                )
-            _remove_temporaries(out_dir, MANIFEST_NAME)
-        # The command without --part looks twice at shards another job holds: they may finish meanwhile.
-        busy: dict[int, dict[str, Any]] = {i: {} for i in mine}
-        for attempt in range(1 if part is not None else 2):
-            todo, finished, busy = _claim_shards(locks, out_dir, sorted(busy), fingerprints, overwrite)
-            records.update(finished)
-            if attempt == 0 and finished:
-                logger.info("reusing %d finished shards; building %d", len(finished), len(todo))
-            files = sum(len(plan[i]) for i in mine)
-            with tqdm(
-                total=files,
-                initial=files - sum(len(plan[i]) for i in todo) - sum(len(plan[i]) for i in busy),
-                unit="file",
-                desc="prepare" if part is None else f"prepare {part[0]}/{part[1]}",
-                disable=not progress,
-                dynamic_ncols=True,
-            ) as bar:
-                records.update(
-                    _build_shards(
-                        out_dir,
-                        found.root,
-                        plan,
-                        fingerprints,
-                        todo,
-                        max_samples,
-                        workers,
-                        frontend,
-                        bar,
-                        store,
-                    )
-                )
-            built += todo
-            if not busy:
-                break
+            _take_manifest_lock(locks, out_dir)
+        records, built, busy = job.build(locks, mine)
         reused = sorted(set(records) - set(built))
         if part is not None:
             if busy:
                 logger.warning("left %d shards to the jobs holding their locks: %s", len(busy), _held(busy))
             done = [records[i] for i in mine if i in records]
-            seconds = sum(r["seconds"] for r in done)
             return PrepareSummary(
                 clips=sum(r["clips"] for r in done),
-                hours=seconds / 3600,
+                hours=sum(r["seconds"] for r in done) / 3600,
                 shards=len(done),
                 skipped=sum(len(r["skipped"]) for r in done),
                 built_shards=sorted(built),
@@ -606,6 +550,97 @@ def prepare(
         manifest_path=manifest_path,
         ignored=found.ignored,
     )
+
+
+def _audio_sources(src: Path, out_dir: Path) -> Sources:
+    """The audio files of ``src`` (never those inside ``out_dir``); none is an error naming what is there."""
+    found = scan_sources(src, exclude=out_dir)
+    if not found.files:
+        others = f"; it holds {len(found.left_out)} other files ({_reason_counts(found.left_out)})"
+        raise FileNotFoundError(
+            f"no audio files found in {src} (extensions: {', '.join(AUDIO_EXTENSIONS)})"
+            + (others if found.left_out else "")
+        )
+    if found.left_out:
+        logger.warning(
+            "%d files in %s are not prepared (%s): the manifest's skipped list names them",
+            len(found.left_out),
+            found.root,
+            _reason_counts(found.left_out),
+        )
+    return found
+
+
+def _take_manifest_lock(locks: LockSet, out_dir: Path) -> None:
+    """One job at a time writes the manifest (and may remove its temporaries)."""
+    manifest_lock = out_dir / f"manifest{LOCK_SUFFIX}"
+    holder = locks.take(manifest_lock)
+    if holder is not None:
+        raise LockError(
+            f"another prepare without --part is writing {out_dir} ({describe_holder(holder)}). Let it "
+            f"finish; if it is not running (it died on another machine), delete {manifest_lock}"
+        )
+    _remove_temporaries(out_dir, MANIFEST_NAME)
+
+
+@dataclass
+class _ShardJob:
+    """What one prepare builds: the shard plan and how to build a shard."""
+
+    out_dir: Path
+    root: Path
+    plan: list[list[str]]
+    fingerprints: list[str]
+    max_samples: Optional[int]
+    workers: int
+    frontend: FrontendConfig
+    store: str
+    overwrite: bool
+    progress: bool
+    part: Optional[tuple[int, int]]
+
+    def build(self, locks: LockSet, mine: Sequence[int]) -> tuple[dict[int, dict[str, Any]], list[int], dict]:
+        """Build or reuse the shards ``mine`` whose locks are free: (records, built, busy holders).
+
+        Without ``part``, shards another job holds are looked at twice: they may finish meanwhile."""
+        built: list[int] = []
+        records: dict[int, dict[str, Any]] = {}
+        busy: dict[int, dict[str, Any]] = {i: {} for i in mine}
+        for attempt in range(1 if self.part is not None else 2):
+            todo, finished, busy = _claim_shards(
+                locks, self.out_dir, sorted(busy), self.fingerprints, self.overwrite
+            )
+            records.update(finished)
+            if attempt == 0 and finished:
+                logger.info("reusing %d finished shards; building %d", len(finished), len(todo))
+            files = sum(len(self.plan[i]) for i in mine)
+            waiting = sum(len(self.plan[i]) for i in todo) + sum(len(self.plan[i]) for i in busy)
+            with tqdm(
+                total=files,
+                initial=files - waiting,
+                unit="file",
+                desc="prepare" if self.part is None else f"prepare {self.part[0]}/{self.part[1]}",
+                disable=not self.progress,
+                dynamic_ncols=True,
+            ) as bar:
+                records.update(
+                    _build_shards(
+                        self.out_dir,
+                        self.root,
+                        self.plan,
+                        self.fingerprints,
+                        todo,
+                        self.max_samples,
+                        self.workers,
+                        self.frontend,
+                        bar,
+                        self.store,
+                    )  # fmt: skip
+                )
+            built += todo
+            if not busy:
+                break
+        return records, built, busy
 
 
 def _claim_shards(
