@@ -153,6 +153,28 @@ def _split_sizes(n: int, valid_frac: float = 1 / 6, test_frac: float = 1 / 6) ->
     return n - nv - nt, nv, nt
 
 
+def task_metadata(
+    task: str, design: dict, version: str, description: str, seed: int, mode: str = "full"
+) -> dict:
+    """HEAR 2021's task_metadata.json for a task ``design`` (its embedding and prediction types, clip
+    duration, evaluation metrics) with train/valid/test splits."""
+    return {
+        "task_name": task,
+        "version": version,
+        "mode": mode,
+        "default_mode": "full",
+        "embedding_type": design["embedding_type"],
+        "prediction_type": design["prediction_type"],
+        "split_mode": "trainvaltest",
+        "splits": list(SPLITS),
+        "sample_duration": design["sample_duration"],
+        "sample_rate": SAMPLE_RATE,
+        "evaluation": design["evaluation"],
+        "description": description,
+        "seed": seed,
+    }
+
+
 def write_task_files(task_dir: Path, entries: dict, labels: list[str], metadata: dict) -> None:
     """The HEAR 2021 files beside ``task_dir/16000``: the split label files (``entries[split]``: file
     name -> labels), ``labelvocabulary.csv`` and ``task_metadata.json`` (also used by abt_eval.realsuite)."""
@@ -602,21 +624,14 @@ def build_task(
         for r in results[split]:
             entries[split].update(r)
 
-    metadata = {
-        "task_name": task,
-        "version": f"devsuite-{SUITE_VERSION}",
-        "mode": "small" if small else "full",
-        "default_mode": "full",
-        "embedding_type": design["embedding_type"],
-        "prediction_type": design["prediction_type"],
-        "split_mode": "trainvaltest",
-        "splits": list(SPLITS),
-        "sample_duration": design["sample_duration"],
-        "sample_rate": SAMPLE_RATE,
-        "evaluation": design["evaluation"],
-        "description": f"abt_eval.devsuite synthetic task; held out across splits: {design['held_out']}",
-        "seed": seed,
-    }
+    metadata = task_metadata(
+        task,
+        design,
+        f"devsuite-{SUITE_VERSION}",
+        f"abt_eval.devsuite synthetic task; held out across splits: {design['held_out']}",
+        seed,
+        mode="small" if small else "full",
+    )
     write_task_files(task_dir, entries, design["labels"], metadata)
     generation = {"metadata": metadata, "clips": design["clips"]}
     atomic_write_text(task_dir / "generation.json", json.dumps(generation, indent=1))

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow  # a minute or more: the whole GPU check on the CP
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 PRESETS = ("audioset-audiontt", "audioset-vitc-b")
+# Every section that runs on its own (syncs is measured inside train), in gpu_check's order.
+RUN_SECTIONS = ("train", "torchrun", "requeue", "ddp", "precision", "waveaug", "hear", "heareval", "variants")
 
 
 def run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -108,17 +110,7 @@ def test_gpu_check_runs_on_the_cpu_and_reports_real_figures(tmp_path):
     both, note = text("waveaug", "both views, all five blocks")
     assert both > 0 and "of a audioset-audiontt step's time per sample" in note
 
-    for section in (
-        "train",
-        "torchrun",
-        "requeue",
-        "ddp",
-        "precision",
-        "waveaug",
-        "hear",
-        "heareval",
-        "variants",
-    ):
+    for section in RUN_SECTIONS:
         number("time", section, positive=False)
         assert f"({section}: " in out  # elapsed time printed per section
     assert not any(r["value"] == "skipped" and "budget" in r["note"] for r in rows.values())
@@ -127,16 +119,6 @@ def test_gpu_check_runs_on_the_cpu_and_reports_real_figures(tmp_path):
 def test_sections_past_the_budget_are_skipped_with_a_message(tmp_path):
     proc, rows = run_check(tmp_path, "--budget-seconds", "0")
     skipped = {s for (s, name), r in rows.items() if name == "section" and r["value"] == "skipped"}
-    assert skipped == {
-        "train",
-        "torchrun",
-        "requeue",
-        "ddp",
-        "precision",
-        "waveaug",
-        "hear",
-        "heareval",
-        "variants",
-    }
+    assert skipped == set(RUN_SECTIONS)
     assert all("budget" in rows[(s, "section")]["note"] for s in skipped)
     assert "budget: 0 s left" in proc.stdout

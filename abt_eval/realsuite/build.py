@@ -13,7 +13,7 @@ from tqdm import tqdm
 from hear_abt.config import SAMPLE_RATE
 from hear_abt.fileio import atomic_write_text
 
-from ..devsuite import SPLITS, write_task_files
+from ..devsuite import SPLITS, task_metadata, write_task_files
 from ..sounds import process_pool
 from .sources import fetch_package, package_info
 from .tasks import (
@@ -104,21 +104,13 @@ def build_task(
         design = design_scene(task, cache, seed)
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     entries, info = _run_jobs(design, task_dir, task, jobs, progress)
-    metadata = {
-        "task_name": task,
-        "version": f"realsuite-{SUITE_VERSION}",
-        "mode": "full",
-        "default_mode": "full",
-        "embedding_type": design["embedding_type"],
-        "prediction_type": design["prediction_type"],
-        "split_mode": "trainvaltest",
-        "splits": list(SPLITS),
-        "sample_duration": design["sample_duration"],
-        "sample_rate": SAMPLE_RATE,
-        "evaluation": design["evaluation"],
-        "description": f"abt_eval.realsuite task from recordings; held out across splits: {design['held_out']}",
-        "seed": seed,
-    }
+    metadata = task_metadata(
+        task,
+        design,
+        f"realsuite-{SUITE_VERSION}",
+        f"abt_eval.realsuite task from recordings; held out across splits: {design['held_out']}",
+        seed,
+    )
     write_task_files(task_dir, entries, design["labels"], metadata)
     record = provenance(task, design, cache, seed, info)
     atomic_write_text(task_dir / "provenance.json", json.dumps(record, indent=1))
