@@ -74,7 +74,11 @@ def _downmix(data: np.ndarray) -> np.ndarray:
     """(samples, channels) -> contiguous mono float32 (samples,).
 
     Channels are averaged (not summed) so a mono signal duplicated into stereo keeps its level.
+    One channel is copied plus 0.0: the value numpy's mean gives (its sum starts at +0.0, so -0.0
+    becomes 0.0), ten times faster than a mean over an axis of length one.
     """
+    if data.shape[1] == 1:
+        return data[:, 0] + np.float32(0.0)
     return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
 
 
@@ -209,9 +213,18 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+# libsndfile turns 16-bit samples into floats as sample * (1 / 32768), which is exact, but about ten
+# times slower than reading the integers and converting them in numpy: the same values, bit for bit.
+_PCM16_SCALE = np.float32(1.0 / 32768.0)
+
+
 def _soundfile_blocks(f: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
+    pcm16 = f.subtype == "PCM_16"
     while True:
-        data = f.read(block_frames, dtype="float32", always_2d=True)
+        if pcm16:
+            data = f.read(block_frames, dtype="int16", always_2d=True).astype(np.float32) * _PCM16_SCALE
+        else:
+            data = f.read(block_frames, dtype="float32", always_2d=True)
         if len(data) == 0:
             return
         yield data

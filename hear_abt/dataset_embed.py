@@ -25,10 +25,11 @@ to float rounding, not always bitwise: the same operations run on a batch, but o
 by problem size (e.g. MKL's sgemm accumulates differently below about 200 rows: a 5-s clip's 125
 frames go through the scene MLP alone, 16 x 125 in a batch), and the HEAR API splits a batch into
 groups of :attr:`ABTEmbedder.budget_frames`. When both embeddings are wanted, the scene comes from the
-timestamp grid's log-mel (:meth:`ABTEmbedder.scene_and_timestamp_embeddings`: the same STFT frames,
-one STFT instead of two). Measured on a CPU: timestamp embeddings bitwise equal, scene embeddings
-within 1e-7 relative, bitwise with ``batch_size=1`` except clips of a few samples (3e-7; tests allow
-1e-6 relative).
+timestamp grid's log-mel and, for AudioNTT clips of a window or more, from the conv frames the
+timestamp pass computed (:meth:`ABTEmbedder.scene_and_timestamp_embeddings`: one STFT and one conv
+pass instead of two; oneDNN's convolution rounds differently by input width). Measured on a CPU:
+timestamp embeddings bitwise equal (``batch_size=1`` bitwise, tested), scene embeddings within 3e-7
+relative (tests allow 1e-6 relative).
 
 :func:`embed_clips` is the same batching for clips already in memory.
 """

@@ -4,6 +4,7 @@ of turning a batch of clips into scene and timestamp embeddings with bounded mem
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -173,14 +174,17 @@ class ABTEmbedder(nn.Module):
         ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
         return out, ts
 
-    def _timestamp_fill(self, mel: torch.Tensor, out: torch.Tensor) -> None:
-        """Timestamp embeddings of clips from their log-mel on the timestamp grid, into ``out``."""
+    def _timestamp_fill(self, mel: torch.Tensor, out: torch.Tensor) -> Optional[torch.Tensor]:
+        """Timestamp embeddings of clips from their log-mel on the timestamp grid, into ``out``.
+
+        Returns the clip-level frame features of grid phase 0 when the fill computed them all in one
+        pass (exact reuse), else None."""
         fill = {
             "faithful": self._reuse_windows if self._exact_reuse else self._per_window_windows,
             "per_window": self._per_window_windows,
             "fast": self._fast_windows,
         }[self.timestamp_mode]
-        fill(mel, out)
+        return fill(mel, out)
 
     def _per_window_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """Encode every window of (g, n_mels, frames) into ``out`` (g, n_ts, D), ``window_batch`` at a time."""
@@ -210,10 +214,16 @@ class ABTEmbedder(nn.Module):
         width, hop = self.window_frames, self.hop_frames
         x = self.normalize(mel).unsqueeze(1)  # (g, 1, n_mels, frames)
         per_run = max(1, (self.budget_frames // n_clips - width) // hop + 1)
+        if per_run >= n_ts:  # one run: keep its clip-level frames for the scene
+            segment = x[..., : hop * (n_ts - 1) + width]
+            windows, frames = self.encoder.window_embeddings(segment, n_ts, width, hop, keep_frames=True)
+            out.copy_(windows)
+            return frames
         for k0 in range(0, n_ts, per_run):
             k1 = min(n_ts, k0 + per_run)
             segment = x[..., hop * k0 : hop * (k1 - 1) + width]
             out[:, k0:k1] = self.encoder.window_embeddings(segment, k1 - k0, width, hop)
+        return None
 
     def _fast_windows(self, mel: torch.Tensor, out: torch.Tensor) -> None:
         """AudioNTT frame features computed once per clip, mean+max pooled per window into ``out``.
@@ -281,8 +291,19 @@ class ABTEmbedder(nn.Module):
         group = self._group_size(max(self._scene_frames(n_samples), n_frames + self.window_frames))
         for s in range(0, n_clips, group):
             mel = self._centred_logmel(audio[s : s + group])
-            self._timestamp_fill(mel, emb[s : s + group])
-            scene[s : s + group] = self._scene_from_logmel(mel[..., first : first + n_frames])
+            frames = self._timestamp_fill(mel, emb[s : s + group])
+            clip_mel = mel[..., first : first + n_frames]
+            if (
+                frames is not None
+                and n_frames >= self.window_frames
+                and first % self.encoder.TIME_STRIDE == 0
+            ):
+                # The windows' pass already holds the clip's frame features: only its edges are new.
+                x = self.normalize(clip_mel).unsqueeze(1)
+                offset = first // self.encoder.TIME_STRIDE
+                scene[s : s + group] = self.encoder.pooled_reusing(x, frames, offset).float()
+            else:
+                scene[s : s + group] = self._scene_from_logmel(clip_mel)
         ts = self.timestamps_ms(n_samples, audio.device).expand(n_clips, -1).contiguous()
         return scene, emb, ts
 

@@ -117,8 +117,8 @@ def _assert_same_run(got, want, bitwise):
             np.testing.assert_array_equal(g["timestamp_embeddings"], w["timestamp_embeddings"])
         assert _rel(g["timestamp_embeddings"], w["timestamp_embeddings"]) <= 1e-6
     for g, w in zip(got["scene_embeddings"], want["scene_embeddings"]):
-        if bitwise:
-            np.testing.assert_array_equal(g, w)
+        # Never bitwise promised: the scene reuses the timestamp pass's conv frames, and oneDNN's
+        # convolution rounds differently by input width.
         assert _rel(g, w) <= 1e-6
 
 
@@ -290,12 +290,13 @@ def test_embed_clips_equals_the_hear_api_per_clip(encoder, mode):
         np.testing.assert_array_equal(result.timestamps_ms, ts[0].numpy())
         assert _rel(result.timestamp_embeddings, emb[0].numpy()) <= 1e-6
         assert _rel(result.scene, scene) <= 1e-6
-    one = embed_clips(clips, model, batch_size=1)  # one clip per call: bitwise but for the 3-sample clip
+    one = embed_clips(clips, model, batch_size=1)  # one clip per call: timestamps bitwise
     for a, clip in zip(one, clips):
-        want = hear_abt.get_scene_embeddings(torch.as_tensor(clip)[None], model)[0].numpy()
-        if len(clip) > 3:
-            np.testing.assert_array_equal(a.scene, want)
-        assert _rel(a.scene, want) <= 1e-6
+        audio = torch.as_tensor(clip)[None]
+        np.testing.assert_array_equal(
+            a.timestamp_embeddings, hear_abt.get_timestamp_embeddings(audio, model)[0][0]
+        )
+        assert _rel(a.scene, hear_abt.get_scene_embeddings(audio, model)[0].numpy()) <= 1e-6
     scene_only = embed_clips(clips[:2], model, timestamps=False)
     assert scene_only[0].timestamp_embeddings is None and scene_only[0].scene is not None
 

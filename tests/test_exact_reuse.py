@@ -153,3 +153,50 @@ def test_maxpool_without_autograd_is_bitwise_maxpool2d_and_with_autograd_is_maxp
     want = x.detach().clone().requires_grad_()
     torch.nn.functional.max_pool2d(want, 2).sum().backward()
     assert torch.equal(x.grad, want.grad)  # one element of a tie gets the gradient, as MaxPool2d gives
+
+
+@pytest.mark.parametrize("n_samples", [15000, 15360, 16000, 16160, 32123, 80000])
+def test_scene_from_the_timestamp_pass_equals_the_scene_pass(n_samples, monkeypatch):
+    """scene_and_timestamp_embeddings takes the scene's inner conv frames from the windows' pass.
+
+    Lengths: under one window (96 frames: the scene's own pass), exactly a window, frame counts of
+    every residue mod 4 (the right edge's real context differs), a 5-s clip. In float64 the two paths
+    agree to ~1e-15; NaN planted in the reused frames must reach the scene, and NaN planted beyond
+    them must not (so exactly the frames that see no padding are reused, and the edges are recomputed).
+    """
+    model = trained_like({"channels": 8, "mlp_dim": 32}).double()
+    audio = clips(2, n_samples).double()
+    encoder = model.encoder
+    real = encoder.pooled_reusing
+    seen = []
+
+    def planted(x, conv_frames, offset, where=None):
+        seen.append((x.shape[-1], conv_frames.shape[1], offset))
+        if where is not None:
+            conv_frames = conv_frames.clone()
+            conv_frames[:, where] = float("nan")
+        return real(x, conv_frames, offset)
+
+    monkeypatch.setattr(encoder, "pooled_reusing", planted)
+    with torch.no_grad():
+        scene, emb, _ = model.scene_and_timestamp_embeddings(audio)
+        want_scene = model.scene_embeddings(audio)
+        want_emb, _ = model.timestamp_embeddings(audio)
+    assert torch.equal(emb, want_emb)
+    assert (scene - want_scene).abs().max() <= 1e-12 * want_scene.abs().max()
+    n_frames = model.config.frontend.samples_to_frames(n_samples)
+    if n_frames < model.window_frames:
+        assert seen == []  # a clip under one window is padded: the scene takes its own pass
+        return
+    assert len(seen) == 1
+    n_in, n_grid, offset = seen[0]
+    assert n_in == n_frames and offset == model.window_frames // 2 // 4
+    inner = range(offset + 1, offset + (n_frames - 7) // 4 + 1)  # frames m with 1 <= m, 4m + 7 <= T
+    outside = [j for j in range(n_grid) if j not in inner]
+    for where, poisoned in ((list(inner)[:1], True), (list(inner)[-1:], True), (outside, False)):
+        monkeypatch.setattr(encoder, "pooled_reusing", lambda x, f, o, w=where: planted(x, f, o, w))
+        with torch.no_grad():
+            got = model.scene_and_timestamp_embeddings(audio)[0]
+        assert bool(got.isnan().any()) == poisoned, where
+        if not poisoned:
+            assert (got - want_scene).abs().max() <= 1e-12 * want_scene.abs().max()

@@ -80,10 +80,11 @@ class AudioNTT(Encoder):
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, T) -> (B, T // 4, embed_dim) per-frame features."""
-        h = self.features(x)  # (B, C, F/4, T/4)
-        b, c, f, t = h.shape
-        h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
-        return torch.cat([h, self.mlp(h)], dim=-1)
+        return self._with_mlp(self._flatten(self.features(x)))
+
+    def _with_mlp(self, conv_frames: torch.Tensor) -> torch.Tensor:
+        """(B, T', conv_dim) conv features -> (B, T', embed_dim): each frame and its MLP features."""
+        return torch.cat([conv_frames, self.mlp(conv_frames)], dim=-1)
 
     def iter_frame_features(self, x: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
         """:meth:`frame_features` in consecutive pieces over time chunks, to bound memory.
@@ -140,7 +141,9 @@ class AudioNTT(Encoder):
         b, c, f, t = h.shape
         return h.permute(0, 3, 1, 2).reshape(b, t, c * f)
 
-    def window_embeddings(self, x: torch.Tensor, n_windows: int, width: int, hop: int) -> torch.Tensor:
+    def window_embeddings(
+        self, x: torch.Tensor, n_windows: int, width: int, hop: int, keep_frames: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``forward`` of every window ``x[..., hop * j : hop * j + width]``, by exact reuse.
 
         ``x``: (B, 1, n_mels, T) normalised input that holds all ``n_windows`` windows; ``width``
@@ -157,6 +160,10 @@ class AudioNTT(Encoder):
           the zero padding;
         - the n frames are pooled (mean + max), the reused ones through sums and maxima of blocks
           shared by the windows of a phase (they are lcm(hop, 4) / 4 frames apart).
+
+        ``keep_frames``: also return the clip-level conv features of phase 0, (B, T // 4, conv_dim):
+        frame m from input frames [4m, 4m + 4), as a pass over ``x`` gives them away from its edges
+        (for :meth:`pooled_reusing`).
         """
         stride = self.TIME_STRIDE
         if width % stride or width < 4 * stride:
@@ -178,9 +185,15 @@ class AudioNTT(Encoder):
 
         first = conv1_edge(starts, (1, 0))  # window pool1[0]: conv1 at start (padded), start + 1
         last = conv1_edge(ends - 3, (0, 1))  # window pool1[-1]: conv1 at end - 2, end - 1 (padded)
-        a1 = bn1(conv1(x))  # (B, C, M, T), before ReLU
-        p1 = [relu(_pool2x2(a1, r)) for r in (0, 1)]  # clip pool1, frame i <- conv1 frames 2i + r, + 1
-        del a1
+        # Clip pool1, frame i <- conv1 frames 2i + r, + 1, for r = 0, 1. conv1 goes one clip at a time:
+        # oneDNN's single-input-channel convolution is about twice as fast on one image as on a batch
+        # (the output stays in cache), with the same values bit for bit.
+        p1_clips = []
+        for clip in x.split(1):
+            a1 = bn1(conv1(clip))  # (1, C, M, T), before ReLU
+            p1_clips.append([relu(_pool2x2(a1, r)) for r in (0, 1)])
+        p1 = [torch.cat([clip[r] for clip in p1_clips]) for r in (0, 1)]
+        del a1, p1_clips
 
         # Clip pool1 frames, time-major, both parities in one table: rows for each window's edges.
         n_even = p1[0].shape[-1]
@@ -218,11 +231,36 @@ class AudioNTT(Encoder):
         conv_rows = torch.cat([h.flatten(0, 1) for h in phase_conv] + [edges])
         del phase_conv, edges
         # Pool the conv features and their MLP features separately (no concatenated copy).
-        pooled = [
-            self._pool_windows(part, b, sizes, n_windows, width, hop)
-            for part in (conv_rows, self.mlp(conv_rows))
-        ]
-        return torch.cat(pooled, dim=-1)
+        parts = (conv_rows, self.mlp(conv_rows))
+        pooled = torch.cat(
+            [self._pool_windows(part, b, sizes, n_windows, width, hop) for part in parts], dim=-1
+        )
+        if not keep_frames:
+            return pooled
+        return pooled, conv_rows[: b * sizes[0]].view(b, sizes[0], -1)
+
+    def pooled_reusing(self, x: torch.Tensor, conv_frames: torch.Tensor, offset: int) -> torch.Tensor:
+        """:meth:`pooled_chunked` of ``x`` in one chunk, taking the conv features of the output frames
+        that see no zero padding from ``conv_frames``.
+
+        ``conv_frames[:, offset + m]`` must be the conv features of frame m of a pass over a longer
+        input that holds ``x`` at input frame ``4 * offset`` (``window_embeddings(..., keep_frames=True)``).
+        Frame m sees input frames [4m - 3, 4m + 7) and the padding of both convolutions next to them,
+        so it is taken for 1 <= m and 4m + 7 <= T; the others are computed from ``x`` with the context
+        :meth:`iter_frame_features` gives a chunk. The MLP and the pooling run as a pass over ``x``
+        runs them, so the result is that pass's whenever the conv features are bit for bit the same.
+        """
+        n_in = x.shape[-1]
+        stride = self.TIME_STRIDE
+        inner_end = (n_in - 7) // stride + 1  # frames [1, inner_end) are reused
+        if inner_end <= 1 or conv_frames.shape[1] < offset + inner_end:
+            return self.pooled_chunked(x, n_in // stride * stride)
+        left = self._flatten(self.features(x[..., : stride + self.CONTEXT_AFTER]))[:, :1]
+        lo = stride * inner_end - self.CONTEXT_BEFORE
+        right = self._flatten(self.features(x[..., lo:]))[:, self.CONTEXT_BEFORE // stride :]
+        inner = conv_frames[:, offset + 1 : offset + inner_end]
+        frames = self._with_mlp(torch.cat([left, inner, right], dim=1))
+        return frames.sum(dim=1) / frames.shape[1] + frames.amax(dim=1)
 
     def _pool_windows(
         self, rows: torch.Tensor, b: int, sizes: list[int], n_windows: int, width: int, hop: int
