@@ -134,3 +134,29 @@ def test_a_fifo_named_wav_is_an_error_not_a_hang(tmp_path):
     os.mkfifo(tmp_path / "pipe.wav")
     with pytest.raises(AudioFileError, match="pipe.wav.*not a regular file"):
         load_audio(tmp_path / "pipe.wav")
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "AIFF"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_16_bit_files_read_as_integers_equal_libsndfiles_floats(tmp_path, fmt, channels):
+    """16-bit files are read as int16 and scaled in numpy (much faster): bitwise libsndfile's own
+    float conversion, then the channel mean as before; full-scale and odd values included."""
+    rng = np.random.default_rng(channels)
+    pcm = rng.integers(-32768, 32768, size=(20_000, channels)).astype(np.int16)
+    pcm[:4, 0] = [-32768, 32767, 0, -1]
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, pcm, 16_000, format=fmt, subtype="PCM_16")
+    floats = sf.read(path, dtype="float32", always_2d=True)[0]
+    want = floats.mean(axis=1, dtype=np.float32)
+    got = load_audio(path, 16_000)
+    assert got.dtype == np.float32 and got.view(np.int32).tolist() == want.view(np.int32).tolist()
+
+
+def test_one_channel_is_its_mean_bit_for_bit_including_negative_zero(tmp_path):
+    """Mono is copied instead of averaged: the same bits as numpy's mean, -0.0 becoming 0.0 as there."""
+    samples = np.array([-0.0, 0.0, 1e-40, -1e-40, 0.25, -0.5, 3.4e38], dtype=np.float32)
+    sf.write(tmp_path / "m.wav", samples, 16_000, subtype="FLOAT")
+    want = samples[:, None].mean(axis=1, dtype=np.float32)
+    got = load_audio(tmp_path / "m.wav", 16_000)
+    assert got.view(np.int32).tolist() == want.view(np.int32).tolist()
+    assert np.signbit(got[0]) == np.signbit(want[0])
