@@ -181,8 +181,8 @@ class ABTEmbedder(nn.Module):
     def _timestamp_fill(self, mel: torch.Tensor, out: torch.Tensor) -> Optional[torch.Tensor]:
         """Timestamp embeddings of clips from their log-mel on the timestamp grid, into ``out``.
 
-        Returns the clip-level frame features of grid phase 0 when the fill computed them all in one
-        pass (exact reuse), else None."""
+        Returns the clip-level conv features of grid phase 0 (for the scene) when the fill computed
+        them all in one pass (AudioNTT's exact reuse), else None."""
         fill = {
             "faithful": self._reuse_windows if self._exact_reuse else self._per_window_windows,
             "per_window": self._per_window_windows,
