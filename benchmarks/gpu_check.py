@@ -717,7 +717,8 @@ def rel_error(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
 
 
 def leave_together(procs: distributed.Processes, timeout_s: float = 600.0) -> None:
-    """Return once every rank has finished its last collective, counted in torchrun's store (not gloo).
+    """Return once every rank has finished its last collective, counted in torchrun's store (not gloo;
+    c10d's default store has no public accessor).
 
     Then no gloo message is in flight when a rank closes its sockets: a rank that closed while its peer
     still read made the peer abort (SIGABRT, no Python traceback), once, in CI on a loaded 2-core machine.
@@ -788,7 +789,6 @@ def ddp_worker(args: argparse.Namespace) -> int:
         gathered = distributed.gather(procs, figures)
         if procs.is_main:
             print(RESULT + json.dumps(gathered), flush=True)
-        distributed.agree(procs, [0])
         leave_together(procs)
         return 0
     finally:

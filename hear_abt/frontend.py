@@ -59,13 +59,9 @@ def log_mel(
     # Power on the (B, T, n_freqs) view: torch.stft's memory order, and the layout the filterbank's
     # matmul takes. Squaring the interleaved (re, im) pairs in one contiguous pass, then adding the
     # two halves, gives re*re + im*im bit for bit, about 40% faster on the CPU than squaring the
-    # strided .real and .imag views; ONNX export keeps the plain form (its graph has no complex dtype).
-    frames = spec.transpose(1, 2)
-    if torch.onnx.is_in_onnx_export():
-        power = frames.real.square() + frames.imag.square()
-    else:
-        squares = torch.view_as_real(frames).square()
-        power = squares[..., 0] + squares[..., 1]
+    # strided .real and .imag views (torch.export turns it into the same ONNX graph's real ops).
+    squares = torch.view_as_real(spec.transpose(1, 2)).square()
+    power = squares[..., 0] + squares[..., 1]
     mel = torch.matmul(power, fbanks).transpose(1, 2)
     return torch.log(mel + cfg.log_offset)
 

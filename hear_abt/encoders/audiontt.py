@@ -185,11 +185,11 @@ class AudioNTT(Encoder):
 
         first = conv1_edge(starts, (1, 0))  # window pool1[0]: conv1 at start (padded), start + 1
         last = conv1_edge(ends - 3, (0, 1))  # window pool1[-1]: conv1 at end - 2, end - 1 (padded)
-        # Clip pool1, frame i <- conv1 frames 2i + r, + 1, for r = 0, 1. conv1 goes one clip at a time:
-        # oneDNN's single-input-channel convolution is about twice as fast on one image as on a batch
-        # (the output stays in cache), with the same values bit for bit.
+        # Clip pool1, frame i <- conv1 frames 2i + r, + 1, for r = 0, 1. On the CPU conv1 goes one clip at
+        # a time: oneDNN's single-input-channel convolution is about twice as fast on one image as on a
+        # batch (the output stays in cache), with the same values bit for bit. A GPU takes the batch.
         p1_clips = []
-        for clip in x.split(1):
+        for clip in x.split(1) if x.device.type == "cpu" else [x]:
             a1 = bn1(conv1(clip))  # (1, C, M, T), before ReLU
             p1_clips.append([relu(_pool2x2(a1, r)) for r in (0, 1)])
         p1 = [torch.cat([clip[r] for clip in p1_clips]) for r in (0, 1)]
