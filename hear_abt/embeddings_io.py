@@ -62,7 +62,7 @@ class NpyWriter:
     header (the row count need not be known in advance), fsyncs and renames it over ``path``, so
     readers never see a half-written file. :meth:`abort` (or an exception inside ``with``) removes it.
     The result is an ordinary .npy: ``np.load(path, mmap_mode="r")`` reads it lazily. With a
-    ``syncer``, the fsync is left to it (renamed at once, made durable in the background).
+    ``syncer``, the fsync is left to it (renamed at once, made durable with the others later).
     """
 
     def __init__(
@@ -305,8 +305,9 @@ class FolderWriter(EmbeddingsWriter):
 
     Opening it removes the folder's index, so until :meth:`finish` writes the new one the folder reads
     as an interrupted run. A folder written before is replaced: its per-file arrays that the new index
-    does not list are removed. The per-file arrays are fsynced in the background (two fsyncs per audio
-    file cost more than embedding a 5-s clip) and all made durable before the index is written.
+    does not list are removed. The per-file arrays are made durable together by a
+    :class:`hear_abt.fileio.FileSyncer` (an fsync per file cost more CPU than a tenth of embedding a 5-s
+    clip), all of them before the index is written.
     """
 
     def __init__(self, out: PathLike, info: RunInfo) -> None:

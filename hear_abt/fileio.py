@@ -4,10 +4,12 @@ SIGKILL, a full disk) leaves the previous file intact. Every output of the proje
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import queue
 import stat
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -94,26 +96,58 @@ def atomic_open(path: PathLike, mode: str = "wb", *, fsync: bool = True) -> Iter
         raise
 
 
-class FileSyncer:
-    """fsyncs files in a background thread, so that a writer of many small files does not wait on
-    the disk for each (on this project's CI disk an fsync costs as much as writing 1 MB).
+def _load_syncfs():
+    """libc's ``syncfs(fd)`` (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes, syncfs.restype = [ctypes.c_int], ctypes.c_int
+    return syncfs
 
-    :meth:`add` queues a written file; :meth:`wait` returns once every queued file and the folders
-    holding them are durable, re-raising the first error (e.g. EIO) with the file's name. Write
-    whatever refers to the files (an index) only after :meth:`wait`.
+
+_SYNCFS = _load_syncfs()
+
+
+class FileSyncer:
+    """Makes many written files durable at once, so that a writer of many small files does not wait
+    on the disk for each: on this project's CI disk an fsync costs as much as writing 1 MB, and on
+    this VM the two fsyncs of an audio file's arrays took 1.3 ms of CPU, more than a tenth of
+    embedding a 5-s clip.
+
+    :meth:`add` records a written (renamed) file; :meth:`wait` returns once every recorded file and
+    the folders holding them are durable, raising an OSError that names the file or folder when one
+    cannot be made so (e.g. EIO, or a file removed meanwhile). Write whatever refers to the files (an
+    index) only after :meth:`wait`.
+
+    On Linux, :meth:`wait` is one ``syncfs`` per file system (the folders' file descriptors are
+    opened at their first file, so that writeback errors from then on are reported: Linux >= 5.8);
+    elsewhere each file is fsynced by a background thread as it comes, then each folder.
     """
 
     def __init__(self) -> None:
+        self._syncfs = _SYNCFS
+        self._files: list[Path] = []  # syncfs: checked to still exist at wait()
+        self._folder_fds: dict[Path, int] = {}  # syncfs: one descriptor per folder
         self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._folders: set[Path] = set()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def add(self, path: PathLike) -> None:
+        path = Path(path)
+        if self._syncfs is not None:
+            if path.parent not in self._folder_fds:
+                self._folder_fds[path.parent] = os.open(path.parent, os.O_RDONLY)
+            self._files.append(path)
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="hear-abt-fsync", daemon=True)
             self._thread.start()
-        self._queue.put(Path(path))
+        self._queue.put(path)
 
     def _run(self) -> None:
         while (path := self._queue.get()) is not None:
@@ -130,6 +164,9 @@ class FileSyncer:
                 self._error = OSError(err.errno, f"making {path} durable (fsync): {err.strerror}")
 
     def wait(self) -> None:
+        if self._syncfs is not None:
+            self._wait_syncfs()
+            return
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
@@ -144,6 +181,28 @@ class FileSyncer:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def _wait_syncfs(self) -> None:
+        files, self._files = self._files, []
+        fds, self._folder_fds = self._folder_fds, {}
+        try:
+            for path in files:  # syncfs cannot tell that one is gone; the index must not list it
+                if not path.exists():
+                    raise FileNotFoundError(
+                        errno.ENOENT, f"making {path} durable: it is gone (removed while being written?)"
+                    )
+            devices: set[int] = set()
+            for folder, fd in fds.items():  # in opening order: the first of a file system saw the most
+                device = os.fstat(fd).st_dev
+                if device in devices:
+                    continue
+                devices.add(device)
+                if self._syncfs(fd) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"making the files in {folder} durable (syncfs): {os.strerror(code)}")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -154,14 +154,29 @@ def test_a_rewritten_folder_drops_the_old_per_file_arrays(tmp_path):
     assert len(index["files"]) == 1 and index["scene_embeddings"].shape == (1, SCENE_D)
 
 
-def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monkeypatch):
-    """--out-dir fsyncs the per-file arrays in the background, but every one of them (and their
-    folder) before index.json is written; the index itself and the scene file are fsynced as ever."""
+SYNC_MODES = ["fsync"] + (["syncfs"] if __import__("hear_abt.fileio").fileio._SYNCFS is not None else [])
+
+
+@pytest.fixture(params=SYNC_MODES)
+def sync_mode(request, monkeypatch):
+    """Both ways FileSyncer makes files durable: one syncfs per file system (Linux), or an fsync per
+    file in a background thread (elsewhere: forced here by hiding syncfs)."""
+    from hear_abt import fileio
+
+    if request.param == "fsync":
+        monkeypatch.setattr(fileio, "_SYNCFS", None)
+    return request.param
+
+
+def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monkeypatch, sync_mode):
+    """--out-dir leaves the per-file arrays' durability to a FileSyncer, but every one of them (and
+    their folder) is made durable before index.json is written; the index itself and the scene file
+    are fsynced as ever."""
     import os
 
     from hear_abt import embeddings_io, fileio
 
-    synced: list[str] = []
+    synced: list[str] = []  # fsynced paths, and "syncfs:<folder>" for each syncfs, in order
     real_fsync = os.fsync
 
     def recording_fsync(fd):
@@ -169,6 +184,14 @@ def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monke
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
+    if sync_mode == "syncfs":
+        real_syncfs = fileio._SYNCFS
+
+        def recording_syncfs(fd):
+            synced.append("syncfs:" + os.path.realpath(f"/proc/self/fd/{fd}"))
+            return real_syncfs(fd)
+
+        monkeypatch.setattr(fileio, "_SYNCFS", recording_syncfs)
     index_written_after: list[list[str]] = []
     real_write = embeddings_io.atomic_write_text
 
@@ -190,22 +213,52 @@ def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monke
     arrays = sorted(str(p.resolve()) for p in (out / "timestamps").iterdir())
     assert len(arrays) == 6
     (before_index,) = index_written_after
-    assert set(arrays) <= set(before_index)
-    assert str((out / "timestamps").resolve()) in before_index  # the renames, too
+    timestamps_folder = str((out / "timestamps").resolve())
+    if sync_mode == "syncfs":  # one call for the file system, after every array was renamed into place
+        assert [s for s in before_index if s.startswith("syncfs:")] == ["syncfs:" + timestamps_folder]
+        assert not set(arrays) & set(before_index)  # and no fsync per file
+    else:
+        assert set(arrays) <= set(before_index)
+        assert timestamps_folder in before_index  # the renames, too
     scene_tmp = str((out / ".scene_embeddings.npy.").resolve())  # fsynced before its rename, as before
     assert any(path.startswith(scene_tmp) for path in before_index)
     assert synced[-1].startswith(str(out.resolve()))  # the index's own temporary file, then renamed
 
 
-def test_a_failed_background_fsync_fails_the_run_naming_the_file(tmp_path):
+def test_a_file_that_cannot_be_made_durable_fails_the_run_naming_it(tmp_path, sync_mode):
     from hear_abt.fileio import FileSyncer
 
     syncer = FileSyncer()
     good = tmp_path / "good.npy"
     good.write_bytes(b"x")
+    gone = tmp_path / "vanished.npy"
+    gone.write_bytes(b"x")
     syncer.add(good)
-    syncer.add(tmp_path / "vanished.npy")  # e.g. removed by someone else before it was synced
+    syncer.add(gone)
+    gone.unlink()  # e.g. removed by someone else before it was made durable
     with pytest.raises(OSError, match="vanished.npy"):
         syncer.wait()
     syncer.add(good)  # usable again after the error was reported
     syncer.wait()
+
+
+@pytest.mark.skipif("syncfs" not in SYNC_MODES, reason="no syncfs here")
+def test_a_failing_syncfs_fails_the_run_naming_the_folder(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+
+    from hear_abt import fileio
+
+    def failing_syncfs(fd):
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(fileio, "_SYNCFS", failing_syncfs)
+    syncer = fileio.FileSyncer()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.npy").write_bytes(b"x")
+    syncer.add(tmp_path / "sub" / "a.npy")
+    with pytest.raises(OSError, match=r"sub durable \(syncfs\): Input/output error") as err:
+        syncer.wait()
+    assert err.value.errno == errno.EIO
+    syncer.wait()  # nothing left to do

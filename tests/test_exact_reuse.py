@@ -200,3 +200,20 @@ def test_scene_from_the_timestamp_pass_equals_the_scene_pass(n_samples, monkeypa
         assert bool(got.isnan().any()) == poisoned, where
         if not poisoned:
             assert (got - want_scene).abs().max() <= 1e-12 * want_scene.abs().max()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 64, 591), (5, 2, 12, 3), (2, 3, 9, 7), (2, 3, 10, 17)])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_pool2x2_equals_max_pool2d_bit_for_bit(shape, shift):
+    """Both orders of _pool2x2's passes (wide inputs take the row pairs first) equal MaxPool2d(2) of the
+    shifted input, odd sizes floored, NaN propagated, ties and signed values included."""
+    from hear_abt.encoders.audiontt import _pool2x2
+
+    g = torch.Generator().manual_seed(sum(shape) + shift)
+    t = torch.randn(shape, generator=g).round(decimals=1)  # many ties
+    t.view(-1)[::97] = float("nan")
+    got = _pool2x2(t, shift)
+    want = torch.nn.functional.max_pool2d(t[..., shift:], 2)
+    assert got.shape == want.shape
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))

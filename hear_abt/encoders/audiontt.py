@@ -45,10 +45,16 @@ def _pool2x2(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """``MaxPool2d(2)`` of ``t[..., shift:]`` (floor mode), as 3 elementwise maxima of strided views.
 
     Bit-identical to ``nn.MaxPool2d(2)`` and several times faster on the CPU (no indices, and a
-    time-shifted input needs no contiguous copy).
+    time-shifted input needs no contiguous copy). Maxima are exact, so the order of the two passes
+    does not change the result: a wide input takes the row pairs first (contiguous rows, and the
+    strided time pairs then run on half the data: a third faster on a clip), a narrow one (a window
+    edge, 2 frames wide) the time pairs first.
     """
     n, m = (t.shape[-1] - shift) // 2, t.shape[-2] // 2
     t = t[..., : 2 * m, shift : shift + 2 * n]
+    if n >= 8:
+        rows = torch.maximum(t[..., 0::2, :], t[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
     pairs = torch.maximum(t[..., 0::2], t[..., 1::2])
     return torch.maximum(pairs[..., 0::2, :], pairs[..., 1::2, :])
 
