@@ -234,6 +234,17 @@ class EmbeddingsWriter(ABC):
         self.info = info
         self.entries: list[dict[str, Any]] = []
         self.scenes: list[np.ndarray] = []
+        self._resolved_folders: dict[Path, Path] = {}
+
+    def _resolved(self, audio: Path) -> str:
+        """``str(audio.resolve())``, each folder resolved once: a dataset's thousands of files share a
+        few folders, and resolving walks every component of the path (a system call each)."""
+        if audio.name in ("", ".", "..") or audio.is_symlink():
+            return str(audio.resolve())
+        folder = self._resolved_folders.get(audio.parent)
+        if folder is None:
+            folder = self._resolved_folders[audio.parent] = audio.parent.resolve()
+        return str(folder / audio.name)
 
     @contextlib.contextmanager
     def file(self) -> Iterator[TimestampSink]:
@@ -248,7 +259,7 @@ class EmbeddingsWriter(ABC):
     def add(self, audio: PathLike, result: FileResult, sink: TimestampSink) -> None:
         """Record an audio file whose timestamp embeddings went to ``sink`` (closed)."""
         entry: dict[str, Any] = {
-            "audio": str(Path(audio).resolve()),
+            "audio": self._resolved(Path(audio)),
             "seconds": result.n_samples / self.info.sample_rate,
             "n_samples": result.n_samples,
             "n_timestamps": result.n_timestamps if self.info.timestamps else 0,

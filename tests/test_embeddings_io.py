@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -262,3 +263,29 @@ def test_a_failing_syncfs_fails_the_run_naming_the_folder(tmp_path, monkeypatch)
         syncer.wait()
     assert err.value.errno == errno.EIO
     syncer.wait()  # nothing left to do
+
+
+def test_the_index_names_each_audio_file_by_its_resolved_path(tmp_path, monkeypatch):
+    """Folders are resolved once and reused; a symbolic link to a file is still followed to its target,
+    and relative paths, links to folders and '..' give what Path.resolve() gives."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("a.wav", "b.wav", "target.wav"):
+        (real / name).write_bytes(b"")
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    (real / "link.wav").symlink_to(real / "target.wav")
+    monkeypatch.chdir(real)
+    audio = [
+        tmp_path / "linked" / "a.wav",
+        tmp_path / "linked" / "b.wav",  # the folder's resolution reused
+        real / "link.wav",  # -> target.wav
+        tmp_path / "linked" / "link.wav",
+        real / ".." / "real" / "a.wav",
+        "b.wav",
+    ]
+    writer = FolderWriter(tmp_path / "emb", info("scene"))
+    for i, a in enumerate(audio):
+        writer.add(a, Result(800, 1, fake_file(i, 1)[2], streamed=False), writer.file().__enter__())
+    got = [e["audio"] for e in writer.entries]
+    assert got == [str(Path(a).resolve()) for a in audio]
+    assert got[2] == got[3] == str(real / "target.wav")

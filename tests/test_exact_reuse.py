@@ -217,3 +217,14 @@ def test_pool2x2_equals_max_pool2d_bit_for_bit(shape, shift):
     assert got.shape == want.shape
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 12, 2), (2, 8, 64, 2), (1, 1, 2, 2)])
+def test_pool2x2_of_a_contiguous_two_frame_edge_equals_max_pool2d(shape):
+    from hear_abt.encoders.audiontt import _pool2x2
+
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0)).round(decimals=1)
+    t.view(-1)[::13] = float("nan")
+    got, want = _pool2x2(t), torch.nn.functional.max_pool2d(t, 2)
+    assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))

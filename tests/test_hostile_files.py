@@ -277,3 +277,18 @@ def test_atomic_writes_get_an_ordinary_files_mode_or_keep_the_old_one(tmp_path):
     atomic_write_text(tmp_path / "kept.txt", "new")
     assert stat.S_IMODE((tmp_path / "kept.txt").stat().st_mode) == 0o604
     assert (tmp_path / "kept.txt").read_text() == "new"
+
+
+def test_atomic_writes_make_missing_folders_and_never_clobber_a_leftover_temporary(tmp_path, monkeypatch):
+    from hear_abt import fileio
+
+    atomic_write_text(tmp_path / "a" / "b" / "new.txt", "x")  # folders made on the way
+    assert (tmp_path / "a" / "b" / "new.txt").read_text() == "x"
+    # A leftover of an earlier process that had this one's pid, at the name the counter gives next:
+    monkeypatch.setattr(fileio, "_TEMP_COUNTER", __import__("itertools").count(7))
+    leftover = tmp_path / f".out.txt.{os.getpid()}-7.tmp"
+    leftover.write_text("someone else's")
+    atomic_write_text(tmp_path / "out.txt", "mine")
+    assert (tmp_path / "out.txt").read_text() == "mine"
+    assert leftover.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a", "out.txt", leftover.name])
