@@ -212,6 +212,11 @@ class FileSyncer:
             error, self._error = self._error, None
             raise error
 
+    def __del__(self) -> None:  # a run abandoned before wait() (Ctrl-C): its folders' descriptors
+        for fd in getattr(self, "_folder_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _wait_syncfs(self) -> None:
         files, self._files = self._files, []
         fds, self._folder_fds = self._folder_fds, {}

@@ -289,3 +289,23 @@ def test_the_index_names_each_audio_file_by_its_resolved_path(tmp_path, monkeypa
     got = [e["audio"] for e in writer.entries]
     assert got == [str(Path(a).resolve()) for a in audio]
     assert got[2] == got[3] == str(real / "target.wav")
+
+
+@pytest.mark.skipif("syncfs" not in SYNC_MODES, reason="no syncfs here")
+def test_an_abandoned_syncer_closes_the_folder_descriptors_it_opened(tmp_path):
+    """(syncfs mode: the folders' descriptors are held from their first file until wait())"""
+    import gc
+    import os
+
+    from hear_abt.fileio import FileSyncer
+
+    before = len(os.listdir("/proc/self/fd"))
+    syncer = FileSyncer()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.npy").write_bytes(b"x")
+        syncer.add(tmp_path / name / "x.npy")
+    assert len(os.listdir("/proc/self/fd")) == before + 2  # held until wait()
+    del syncer  # never waited for, as when a run is interrupted
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
