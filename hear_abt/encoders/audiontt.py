@@ -45,10 +45,10 @@ def _pool2x2(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """``MaxPool2d(2)`` of ``t[..., shift:]`` (floor mode), as 3 elementwise maxima of strided views.
 
     Bit-identical to ``nn.MaxPool2d(2)`` and several times faster on the CPU (no indices, and a
-    time-shifted input needs no contiguous copy; a contiguous 2-frame input is one 1-D pool of 4). Maxima are exact, so the order of the two passes
-    does not change the result: a wide input takes the row pairs first (contiguous rows, and the
-    strided time pairs then run on half the data: a third faster on a clip), a narrow one (a window
-    edge, 2 frames wide) the time pairs first.
+    time-shifted input needs no contiguous copy). Maxima are exact, so the order of the passes does not
+    change the result: a wide input takes the row pairs first (contiguous rows; the strided time pairs
+    then run on half the data: a third faster on a clip), a contiguous window edge (2 frames wide) is
+    one 1-D pool of 4 consecutive values, anything else takes the time pairs first.
     """
     n, m = (t.shape[-1] - shift) // 2, t.shape[-2] // 2
     t = t[..., : 2 * m, shift : shift + 2 * n]
