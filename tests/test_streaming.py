@@ -77,6 +77,22 @@ def test_blocks_equal_load_audio_bitwise(tmp_path, rate, channels, fmt):
     np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path))
 
 
+@pytest.mark.parametrize("rate,channels", [(44100, 1), (48001, 2), (16000, 1)])
+def test_a_file_of_one_block_is_one_block_equal_to_the_stream(tmp_path, rate, channels):
+    """A clip shorter than a block is resampled in one call; its samples are the stream's bit for bit."""
+    data = (0.2 * np.random.default_rng(2).standard_normal((int(rate * 1.7) + 3, channels))).astype(
+        np.float32
+    )
+    path = tmp_path / "a.wav"
+    sf.write(path, data, rate, subtype="FLOAT")
+    whole = list(iter_audio_blocks(path, block_seconds=10.0))
+    streamed = list(iter_audio_blocks(path, block_seconds=0.37))
+    assert len(whole) == 1 and len(streamed) > 3
+    assert whole[0].dtype == np.float32 and whole[0].flags.c_contiguous
+    np.testing.assert_array_equal(whole[0], np.concatenate(streamed))
+    np.testing.assert_array_equal(whole[0], load_audio(path))
+
+
 def test_block_reader_errors_name_the_file(tmp_path):
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)

@@ -215,14 +215,18 @@ class AudioNTT(Encoder):
             return table[:, origin + offset].flatten(0, 1)
 
         half = width // 2  # pool1 frames per window
-        zero = torch.zeros_like(first[..., 0])
-        # conv2's input for the first and last output frames, transposed (time before frequency)
-        z = torch.cat(
-            [
-                torch.stack([zero, first[..., 0], p1_rows(1), p1_rows(2)], dim=2),
-                torch.stack([p1_rows(half - 3), p1_rows(half - 2), last[..., 0], zero], dim=2),
-            ]
-        )  # (2*B*n, C, 4, F2)
+        # conv2's input for the first and last output frames, transposed (time before frequency):
+        # (zero, first, pool1[1], pool1[2]) and (pool1[-3], pool1[-2], last, zero), written in place.
+        z = first.new_empty(2, first.shape[0], first.shape[1], 4, first.shape[2])
+        z[0, :, :, 0] = 0
+        z[0, :, :, 1] = first[..., 0]
+        z[0, :, :, 2] = p1_rows(1)
+        z[0, :, :, 3] = p1_rows(2)
+        z[1, :, :, 0] = p1_rows(half - 3)
+        z[1, :, :, 1] = p1_rows(half - 2)
+        z[1, :, :, 2] = last[..., 0]
+        z[1, :, :, 3] = 0
+        z = z.flatten(0, 1)  # (2*B*n, C, 4, F2)
         table = None  # free it: p1_rows is not used below
         w2 = conv2.weight.transpose(-1, -2)
         a2 = F.conv2d(z, w2, conv2.bias, conv2.stride[::-1], (0, conv2.padding[0]))  # 2 positions
