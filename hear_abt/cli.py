@@ -97,7 +97,6 @@ _SIZE_WARNING_BYTES = 2 * 1024**3
 
 def _embed(args: argparse.Namespace) -> int:
     from . import load_model
-    from .allocator import keep_freed_memory
     from .audio import audio_seconds
 
     out = _checked_destination(args)
@@ -111,7 +110,6 @@ def _embed(args: argparse.Namespace) -> int:
     if info.timestamps and args.out_dir is None:
         _note_npz_memory(sum(seconds), info, model.hop_samples)
     writer = (FolderWriter if args.out_dir is not None else NpzWriter)(out, info)
-    keep_freed_memory()  # batches reuse freed memory instead of faulting it in again
     with _FilesAndAudioBar(len(files), sum(seconds), args.quiet) as progress:
         failures += embed_files(
             files,
