@@ -3,7 +3,8 @@
     python -m abt_eval.sweep --data DATA --task TASK_DIR --out OUT [--preset P] [key=value ...]
         [--space-preset paper-lars|paper-adamw] [--space KEY=SPEC ...] [--space-file F.json|.yaml]
         [--n-trials 16] [--sampler tpe|random] [--pruner hyperband|median|none|threshold:X]
-        [--report-unit epoch|steps] [--report-every N] [--probe-seeds N] [--storage URL] [--study-name NAME]
+        [--report-unit epoch|steps] [--report-every N] [--probe-seeds N] [--pretrain-seeds N]
+        [--storage URL] [--study-name NAME]
 
 Each trial is a real pre-training run (``training.engine.build``/``train_step``, in this process) with
 the trial's settings on top of the preset and the ``key=value`` overrides; after every epoch (or every
@@ -72,7 +73,6 @@ def report_steps(total_steps: int, steps_per_epoch: int, unit: str, every: int) 
     return sorted(set(range(stride, total_steps + 1, stride)) | {total_steps})
 
 
-ScoreFn = Callable[[torch.nn.Module, ModelConfig, TrainConfig], float]
 # One task's scores of an encoder, one per probe seed.
 SeedScoreFn = Callable[[torch.nn.Module, ModelConfig, TrainConfig], list[float]]
 
@@ -109,37 +109,68 @@ class MeanScore:
         self.last_seeds: list[float] = []
 
     def __call__(self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
-        per_task = {name: [float(v) for v in fn(encoder, model_config, cfg)] for name, fn in self.fns.items()}
+        return self.combine([self.run_scores(encoder, model_config, cfg)])
+
+    def run_scores(
+        self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig
+    ) -> dict[str, list[float]]:
+        """One encoder's scores: per task, one per probe seed."""
+        return {name: [float(v) for v in fn(encoder, model_config, cfg)] for name, fn in self.fns.items()}
+
+    def combine(self, runs: list[dict[str, list[float]]]) -> float:
+        """The mean over the :meth:`run_scores` of several pre-training runs (``--pretrain-seeds``): ``last``
+        holds each task's mean over the runs, ``last_seeds`` the runs' per-probe-seed means, run after run
+        (the values that sweep_report's paired tests match between trials)."""
+        per_task: dict[str, list[float]] = {name: [] for name in self.fns}
+        self.last_seeds = []
+        for scores in runs:
+            for name, values in scores.items():
+                per_task[name] += values
+            self.last_seeds += [sum(v) / len(v) for v in zip(*scores.values())]
         self.last = {name: sum(v) / len(v) for name, v in per_task.items()}
-        by_seed = list(zip(*per_task.values()))
-        self.last_seeds = [sum(v) / len(v) for v in by_seed]
         return sum(self.last_seeds) / len(self.last_seeds)
 
 
 def pretrain_with_reports(
-    cfg: TrainConfig,
+    cfgs: list[TrainConfig],
     dataset: ShardDataset,
     device: torch.device,
-    score_fn: ScoreFn,
+    score_fn: MeanScore,
     unit: str,
     every: int,
     on_report: Callable[[int, int, float, float], None],
-) -> tuple[engine.TrainState, ModelConfig]:
-    """Pre-train ``cfg`` on ``dataset``; after each report step score the encoder with ``score_fn`` and
-    call ``on_report(index, step, score, loss)`` (1-based index; it may raise to stop the run)."""
-    state = engine.build(cfg, dataset, device)
+) -> tuple[list[engine.TrainState], ModelConfig]:
+    """Pre-train each of ``cfgs`` (one per pre-training seed, the same schedule) on ``dataset``, in
+    lockstep: after each report step every run is scored, and ``on_report(index, step, score, loss)`` gets
+    the mean over the runs (1-based index; it may raise to stop them all, e.g. when the pruner says so).
+    Each run draws only from its own generators, so it is the run it would be alone."""
+    states, streams = [], []
+    for cfg in cfgs:
+        states.append(engine.build(cfg, dataset, device))  # seeds the process's generators
+        streams.append(engine.rngs(states[-1]))
     model_config = ModelConfig(
-        encoder=cfg.encoder, encoder_kwargs=cfg.encoder_kwargs, frontend=dataset.frontend, norm=dataset.norm
+        encoder=cfgs[0].encoder,
+        encoder_kwargs=cfgs[0].encoder_kwargs,
+        frontend=dataset.frontend,
+        norm=dataset.norm,
     )
-    when = report_steps(state.total_steps, state.steps_per_epoch, unit, every)
-    index = 0
-    for result in steps(state):
-        if state.step in when:
+    when = report_steps(states[0].total_steps, states[0].steps_per_epoch, unit, every)
+    runs = [steps(state) for state in states]
+    for index, at in enumerate(when, start=1):
+        losses, scores = [], []
+        for i, (state, run, cfg) in enumerate(zip(states, runs, cfgs)):
+            # The process's generators (dropout draws from torch's) as this run left them: each run
+            # draws the numbers it would draw alone, scoring included.
+            engine.set_rngs(state, streams[i])
+            result = None
+            while state.step < at:
+                result = next(run)
             engine.check_finite(state)  # a NaN run fails the trial here (a device sync at reports only)
-            index += 1
-            on_report(index, state.step, score_fn(state.net.encoder, model_config, cfg), result.loss)
-    engine.check_finite(state)
-    return state, model_config
+            losses.append(result.loss)
+            scores.append(score_fn.run_scores(state.net.encoder, model_config, cfg))
+            streams[i] = engine.rngs(state)
+        on_report(index, at, score_fn.combine(scores), sum(losses) / len(losses))
+    return states, model_config
 
 
 def build_score_fn(args: argparse.Namespace, seed: int, device: torch.device) -> MeanScore:
@@ -233,6 +264,7 @@ class Objective:
     every: int
     objective: str = "last"
     save_models: bool = False
+    pretrain_seeds: int = 1  # runs per trial, seeds cfg.seed, cfg.seed + 1, ...
 
     def __call__(self, trial) -> float:
         import optuna
@@ -248,14 +280,17 @@ class Objective:
                 trial_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str) + "\n"
             )
             reporter = TrialReporter(trial, trial_dir, self.score_fn, t0)
-            state, model_config = pretrain_with_reports(
-                cfg, self.dataset, self.device, self.score_fn, self.unit, self.every, reporter
+            cfgs = [replace(cfg, seed=cfg.seed + i) for i in range(self.pretrain_seeds)]
+            states, model_config = pretrain_with_reports(
+                cfgs, self.dataset, self.device, self.score_fn, self.unit, self.every, reporter
             )
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
-            if self.save_models:
+            if self.save_models:  # model/ (seed cfg.seed), model-seed1/, ... for the other runs
                 from hear_abt.weights import save_pretrained
 
-                save_pretrained(trial_dir / "model", model_config, state.net.encoder.state_dict())
+                for i, state in enumerate(states):
+                    folder = trial_dir / ("model" if i == 0 else f"model-seed{i}")
+                    save_pretrained(folder, model_config, state.net.encoder.state_dict())
             scores = reporter.scores
             chosen = scores.index(max(scores)) if self.objective == "best" else len(scores) - 1
             if len(reporter.per_seed[chosen]) > 1:  # what sweep_report's paired tests compare
@@ -403,6 +438,8 @@ def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[s
     }
     if args.probe_seeds > 1:  # absent for one seed: studies started before the option continue
         record["probe_seeds"] = args.probe_seeds
+    if args.pretrain_seeds > 1:
+        record["pretrain_seeds"] = args.pretrain_seeds
     return _jsonable(record)
 
 
@@ -508,6 +545,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         args.report_every,
         objective=args.objective,
         save_models=args.save_models,
+        pretrain_seeds=args.pretrain_seeds,
     )
     optimize(study, objective, args.n_trials, args.timeout, args.max_failures)
     write_report(study, out, seed=base.seed)
@@ -575,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-models", action="store_true", help="save each finished trial's encoder (trials/N/model)"
     )
     ap.add_argument(
+        "--pretrain-seeds",
+        type=int,
+        default=1,
+        help="pre-train each trial N times (seeds SEED, SEED+1, ..., in lockstep) and score the mean: "
+        "the pre-training seed moves a score more than most settings do (docs/realsuite.md)",
+    )
+    ap.add_argument(
         "--enqueue",
         action="append",
         metavar="'K=V K=V'",
@@ -587,8 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     if args.max_failures is None:
         args.max_failures = args.n_trials
-    if args.n_trials < 1 or args.report_every < 1 or args.heartbeat < 1:
-        print("error: --n-trials, --report-every and --heartbeat must be >= 1", file=sys.stderr)
+    if args.n_trials < 1 or args.report_every < 1 or args.heartbeat < 1 or args.pretrain_seeds < 1:
+        print(
+            "error: --n-trials, --report-every, --heartbeat and --pretrain-seeds must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     try:
         return run_sweep(args)

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 import pytest
 import soundfile as sf
+import torch
 from test_linear_eval import write_tone_task
 
 from abt_eval import sweep, sweep_report, sweep_space
@@ -350,3 +351,39 @@ def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
     assert best["number"] == 0 and best["indistinguishable_from_best"] == [0, 1]
     header = paths["csv"].read_text().splitlines()[0]
     assert header.endswith("half_width_95,vs_best")
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    (path,) = folder.glob("*.safetensors")
+    return load_file(path)
+
+
+def test_pretrain_seeds_run_in_lockstep_each_as_it_would_alone(setup, tmp_path):
+    """--pretrain-seeds 2: two runs (seeds S, S+1) per trial, each the run a sweep with that seed trains
+    alone (weights bit for bit), the trial's scores their mean, the per-seed records run after run."""
+    data, task = setup
+    common = ["--n-trials", "1", "--report-unit", "steps", "--report-every", "3", "--pruner", "none"]
+    common += ["--eval-max-clips", "6", "--probe-seeds", "2", "--save-models"]
+    common += ["--space", "lr_weights=log:1e-2:1", "--enqueue", "lr_weights=0.1"]
+    assert sweep.main(argv(data, task, tmp_path / "both", *common, "--pretrain-seeds", "2")) == 0
+    (both,) = load(tmp_path / "both").get_trials()
+    seed = json.loads((tmp_path / "both" / "trials" / "0000" / "config.json").read_text())["seed"]
+    assert load(tmp_path / "both").user_attrs["settings"]["pretrain_seeds"] == 2
+    assert len(both.user_attrs["objective_seeds"]) == 4  # 2 runs x 2 probe seeds
+    assert both.value == pytest.approx(sum(both.user_attrs["objective_seeds"]) / 4, rel=1e-12)
+    assert list(both.intermediate_values) == [1, 2]
+    assert both.intermediate_values[2] == both.value
+
+    assert sweep.main(argv(data, task, tmp_path / "alone0", *common)) == 0
+    assert sweep.main(argv(data, task, tmp_path / "alone1", *common, f"seed={seed + 1}")) == 0
+    for i, name in ((0, "model"), (1, "model-seed1")):
+        got = _weights(tmp_path / "both" / "trials" / "0000" / name)
+        want = _weights(tmp_path / f"alone{i}" / "trials" / "0000" / "model")
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), name
+    # Run 0 is scored with the same probe seeds as the run alone with seed S: the same scores.
+    (alone0,) = load(tmp_path / "alone0").get_trials()
+    assert both.user_attrs["objective_seeds"][:2] == alone0.user_attrs["objective_seeds"]
+    assert not (tmp_path / "alone0" / "trials" / "0000" / "model-seed1").exists()
+    assert sweep.main(argv(data, task, tmp_path / "bad", *common, "--pretrain-seeds", "0")) == 2

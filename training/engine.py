@@ -404,6 +404,16 @@ def health_figures(state: TrainState, chunk: int = 256) -> dict[str, float]:
 
 def rank_state(state: TrainState) -> dict[str, Any]:
     """This rank's own streams: data position, augmentation generator and mixup bank, RNGs."""
+    return {
+        "rank": state.rank,
+        "sampler": state.sampler.state_dict(),
+        "augment": state.augmenter.state_dict(),
+        "rng": rngs(state),
+    }
+
+
+def rngs(state: TrainState) -> dict[str, Any]:
+    """The random streams a run draws from (torch, augmentation, Python, CUDA): :func:`set_rngs` sets them."""
     py_version, py_internal, py_gauss = random.getstate()
     rng: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -413,12 +423,7 @@ def rank_state(state: TrainState) -> dict[str, Any]:
     }
     if state.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(state.device)
-    return {
-        "rank": state.rank,
-        "sampler": state.sampler.state_dict(),
-        "augment": state.augmenter.state_dict(),
-        "rng": rng,
-    }
+    return rng
 
 
 def load_rank_state(state: TrainState, saved: dict[str, Any]) -> None:
