@@ -99,17 +99,15 @@ def linear_score_fn(
 
 
 class MeanScore:
-    """The mean over several tasks (the objective when ``--task`` is given more than once) and probe
-    seeds; the last call's per-task means stay in ``last`` and its per-seed means over the tasks in
-    ``last_seeds``, for the trial's records."""
+    """The mean over several tasks (the objective when ``--task`` is given more than once), probe seeds
+    and pre-training runs: :meth:`run_scores` scores one encoder, :meth:`combine` averages the runs of a
+    report and keeps its per-task means in ``last`` and its per-seed means in ``last_seeds``, for the
+    trial's records."""
 
     def __init__(self, fns: dict[str, SeedScoreFn]):
         self.fns = fns
         self.last: dict[str, float] = {}
         self.last_seeds: list[float] = []
-
-    def __call__(self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig) -> float:
-        return self.combine([self.run_scores(encoder, model_config, cfg)])
 
     def run_scores(
         self, encoder: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig

@@ -22,6 +22,7 @@ import torch
 from test_linear_eval import write_tone_task
 
 from abt_eval import sweep, sweep_report, sweep_space
+from hear_abt.weights import load_weights
 from training import prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -353,13 +354,6 @@ def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
     assert header.endswith("half_width_95,vs_best")
 
 
-def _weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    (path,) = folder.glob("*.safetensors")
-    return load_file(path)
-
-
 def test_pretrain_seeds_run_in_lockstep_each_as_it_would_alone(setup, tmp_path):
     """--pretrain-seeds 2: two runs (seeds S, S+1) per trial, each the run a sweep with that seed trains
     alone (weights bit for bit), the trial's scores their mean, the per-seed records run after run."""
@@ -379,8 +373,8 @@ def test_pretrain_seeds_run_in_lockstep_each_as_it_would_alone(setup, tmp_path):
     assert sweep.main(argv(data, task, tmp_path / "alone0", *common)) == 0
     assert sweep.main(argv(data, task, tmp_path / "alone1", *common, f"seed={seed + 1}")) == 0
     for i, name in ((0, "model"), (1, "model-seed1")):
-        got = _weights(tmp_path / "both" / "trials" / "0000" / name)
-        want = _weights(tmp_path / f"alone{i}" / "trials" / "0000" / "model")
+        got = load_weights(tmp_path / "both" / "trials" / "0000" / name).state_dict
+        want = load_weights(tmp_path / f"alone{i}" / "trials" / "0000" / "model").state_dict
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), name
     # Run 0 is scored with the same probe seeds as the run alone with seed S: the same scores.
     (alone0,) = load(tmp_path / "alone0").get_trials()
