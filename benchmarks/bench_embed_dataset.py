@@ -3,7 +3,7 @@ batched one, side by side in one run, and whether their outputs are equal (print
 
     .venv/bin/python benchmarks/bench_embed_dataset.py [--n-clips 2000] [--seconds 5] [--rate 44100]
         [--model tiny|default] [--variants old,new[,serial]] [--part 250] [--rounds 1]
-        [--old-ref cf9e052] [--batch-size N] [--decode-workers N] [--json FILE]
+        [--old-ref cf9e052] [--batch-size N] [--decode-workers N] [--processes N] [--json FILE]
 
 The clips (numpy-made: notes with vibrato, chirps, chords, decaying and modulated noise, clicks, each
 with a silent stretch; 16-bit mono WAV at ``--rate``, 44.1 kHz by default as ESC-50's 2,000 5-s clips)
@@ -17,7 +17,8 @@ model loading included) in a process of its own:
 - ``old``: the command as committed at ``--old-ref`` (extracted with ``git archive`` into the cache;
   ``PYTHONPATH`` points there), one file at a time;
 - ``new``: this tree, with ``--batch-size`` / ``--decode-workers`` if given (else the CLI's defaults);
-- ``serial``: this tree with ``--batch-size 1 --decode-workers 0`` (one HEAR API call per file, decoded
+- ``threads``: this tree with ``--processes 0`` (decoder and model threads in one process);
+- ``serial``: this tree with ``--batch-size 1 --decode-workers 0 --processes 0`` (one HEAR API call per file, decoded
   between calls).
 
 The machine may be shared, so the variants are interleaved finely: the clips are cut into parts of
@@ -139,16 +140,16 @@ def old_tree(cache: Path, ref: str) -> Path:
 # ---- runs ----------------------------------------------------------------------------------------
 
 WORKER = """
-import contextlib, json, sys, time
+import contextlib, json, os, sys, time
 import hear_abt.cli as cli
 print(json.dumps({"code": cli.__file__}), flush=True)
 for line in sys.stdin:
     args = json.loads(line)
-    t0, c0 = time.perf_counter(), time.process_time()
+    cpu = lambda: sum(os.times()[:4])  # this process and its finished children (worker processes)
+    t0, c0 = time.perf_counter(), cpu()
     with contextlib.redirect_stdout(sys.stderr):
         status = cli.main(args)
-    print(json.dumps({"status": status, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}),
-          flush=True)
+    print(json.dumps({"status": status, "wall": time.perf_counter() - t0, "cpu": cpu() - c0}), flush=True)
 """
 
 
@@ -245,12 +246,13 @@ def main() -> None:
     parser.add_argument(
         "--part", type=int, default=250, help="clips per command; variants alternate per part"
     )
-    parser.add_argument("--variants", default="old,new", help="of old,new,serial")
+    parser.add_argument("--variants", default="old,new", help="of old,new,threads,serial")
     parser.add_argument(
         "--old-ref", default="cf9e052", help="git commit of today's one-file-at-a-time command"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="new: --batch-size (default: the CLI's)")
     parser.add_argument("--decode-workers", type=int, default=None, help="new: --decode-workers (the CLI's)")
+    parser.add_argument("--processes", type=int, default=None, help="new: --processes (default: the CLI's)")
     parser.add_argument("--cache-dir", type=Path, default=Path("/work/cache/bench_embed_dataset"))
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -265,10 +267,13 @@ def main() -> None:
         new_opts += ["--batch-size", str(args.batch_size)]
     if args.decode_workers is not None:
         new_opts += ["--decode-workers", str(args.decode_workers)]
+    if args.processes is not None:
+        new_opts += ["--processes", str(args.processes)]
     variants = {
         "old": (old_tree(cache, args.old_ref), []),
         "new": (REPO, new_opts),
-        "serial": (REPO, ["--batch-size", "1", "--decode-workers", "0"]),
+        "threads": (REPO, ["--processes", "0"]),
+        "serial": (REPO, ["--batch-size", "1", "--decode-workers", "0", "--processes", "0"]),
     }
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     print(

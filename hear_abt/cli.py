@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .dataset_embed import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, Progress, embed_files
 from .devices import parse_device
+from .embed_processes import default_processes
 from .embeddings_io import INDEX_NAME, FolderWriter, NpzWriter, RunInfo
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def _embed(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             decode_workers=args.decode_workers,
             model_workers=args.model_workers,
+            processes=default_processes(device) if args.processes is None else args.processes,
             header_seconds=seconds,
             progress=progress,
         )
@@ -143,6 +145,12 @@ def _checked_destination(args: argparse.Namespace) -> Path:
         raise SystemExit(f"error: --decode-workers must be 0 or more, got {args.decode_workers}")
     if args.model_workers is not None and args.model_workers < 1:
         raise SystemExit(f"error: --model-workers must be at least 1, got {args.model_workers}")
+    if args.processes is not None and args.processes < 0:
+        raise SystemExit(f"error: --processes must be 0 or more, got {args.processes}")
+    if args.processes and _check_device(args.device).type != "cpu":
+        raise SystemExit(
+            f"error: --processes must be 0 with --device {args.device} (workers embed on the CPU)"
+        )
     out = Path(args.out or args.out_dir).resolve()
     (_check_out_dir if args.out_dir is not None else _check_output)(out)
     return out
@@ -300,6 +308,13 @@ def _add_embed_command(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="batches embedded at once, sharing torch's CPU threads (default: 2 on a CPU, 1 on a GPU)",
+    )
+    embed.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes (one torch thread each) that decode and embed the short files, written here "
+        "in order; 0: all in this process (default: one per CPU thread on a Linux CPU, else 0)",
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)

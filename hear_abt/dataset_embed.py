@@ -37,6 +37,7 @@ relative (tests allow 1e-6 relative).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -560,6 +561,7 @@ def embed_files(
     max_queued_seconds: float = DEFAULT_MAX_QUEUED_SECONDS,
     header_seconds: Optional[Sequence[float]] = None,
     progress: Optional[Progress] = None,
+    processes: int = 0,
 ) -> list[tuple[str, str]]:
     """Embed audio files into ``writer`` in input order; returns the failures as (audio, reason).
 
@@ -569,8 +571,10 @@ def embed_files(
     :func:`default_model_workers`; torch's CPU threads are shared among them for the run); longer
     ones are streamed (see the module doc).
     ``header_seconds``: each file's duration from its header (:func:`hear_abt.audio.audio_seconds`;
-    0 if unknown), read here when not given. ``writer.finish`` is left to the caller. Ctrl-C and
-    SystemExit pass (the file being written leaves nothing; the decoders are stopped).
+    0 if unknown), read here when not given. ``processes``: worker processes that decode and embed the
+    short files (CPU only; :mod:`hear_abt.embed_processes`), 0: all in this process.
+    ``writer.finish`` is left to the caller. Ctrl-C and SystemExit pass (the file being written leaves
+    nothing; the decoders and workers are stopped).
     """
     from .audio import audio_seconds
 
@@ -584,13 +588,24 @@ def embed_files(
     chunk_seconds = _check_seconds("chunk_seconds", chunk_seconds)
     max_batch_seconds = _check_seconds("max_batch_seconds", max_batch_seconds)
     max_queued_seconds = _check_seconds("max_queued_seconds", max_queued_seconds)
+    processes = _check_count("processes", processes, 0)
+    if processes and device.type != "cpu":
+        raise ValueError(
+            f"processes must be 0 on {device} (worker processes embed on the CPU), got {processes}"
+        )
     paths = [Path(p) for p in files]
     if header_seconds is None:
         header_seconds = [audio_seconds(p) for p in paths]
     if len(header_seconds) != len(paths):
         raise ValueError(f"header_seconds has {len(header_seconds)} entries for {len(paths)} files")
     model.eval()
-    run = _Run(
+    if processes:
+        from .embed_processes import ProcessRun
+
+        run_class = functools.partial(ProcessRun, processes)
+    else:
+        run_class = _Run
+    run = run_class(
         model,
         writer,
         device,
@@ -602,5 +617,7 @@ def embed_files(
         max_queued_seconds,
         progress or Progress(),
     )
+    if processes:  # this process streams the long files with all its threads
+        return run.run(zip(paths, header_seconds))
     with _threads_per_worker(device, model_workers):
         return run.run(zip(paths, header_seconds))

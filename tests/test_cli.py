@@ -332,12 +332,37 @@ def test_batch_options_are_checked_before_any_work(tmp_path, monkeypatch):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--decode-workers", "-1"], "--decode-workers must be 0 or more"),
         (["--model-workers", "0"], "--model-workers must be at least 1"),
+        (["--processes", "-1"], "--processes must be 0 or more"),
     ]:
         with pytest.raises(SystemExit, match=why):
             main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), *option])
     with pytest.raises(SystemExit):  # argparse: not an integer
         main(["embed", str(tmp_path / "a.wav"), "--out", str(tmp_path / "e.npz"), "--batch-size", "2.5"])
     assert calls == []
+
+
+def test_worker_processes_are_refused_on_a_gpu(tmp_path, monkeypatch):
+    """Forked workers must not touch CUDA: --processes with a GPU device is an error before any work
+    (this machine may have no GPU: the device parser is told there is one)."""
+    import hear_abt.cli as cli
+
+    _tone_file(tmp_path / "a.wav")
+    monkeypatch.setattr(cli, "parse_device", lambda name: torch.device("cuda:0"))
+    monkeypatch.setattr(hear_abt, "load_model", lambda *a, **k: pytest.fail("no work expected"))
+    with pytest.raises(SystemExit, match="--processes must be 0 with --device cuda"):
+        main(
+            [
+                "embed",
+                str(tmp_path / "a.wav"),
+                "--out",
+                str(tmp_path / "e.npz"),
+                "--device",
+                "cuda",
+                "--processes",
+                "2",
+            ]
+        )
+    assert cli.default_processes(torch.device("cuda:0")) == 0  # the default on a GPU: none
 
 
 def test_batched_and_one_by_one_commands_write_the_same_rows_and_the_bar_counts_files_and_audio(

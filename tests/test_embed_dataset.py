@@ -4,7 +4,14 @@ get the HEAR API's errors."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +26,7 @@ from hear_abt.dataset_embed import Progress, embed_clips, embed_files
 from hear_abt.embedder import ABTEmbedder
 from hear_abt.embeddings_io import FolderWriter, NpzWriter, RunInfo, open_embeddings, read_npz
 from hear_abt.streaming import embed_file
+from hear_abt.weights import save_pretrained
 
 SR = 16000
 NORM = NormStats(-5.0, 4.0)
@@ -358,3 +366,199 @@ def test_bad_arguments_are_refused_like_the_hear_api(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         embed_clips([np.zeros(100, np.float32)], model, batch_size=0)
     assert embed_files([], model, writer) == []  # no files: nothing to do, no error
+
+
+# ---- worker processes ----------------------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers, /proc")
+
+
+@linux_only
+def test_worker_processes_equal_one_by_one_and_do_the_work(tmp_path, dataset, monkeypatch):
+    """Parts of the dataset go to two worker processes (the batches are embedded there, not here); the
+    run equals one-by-one embedding: files, order, failures with their reasons, embeddings; the long
+    file is streamed here."""
+    model = _model()
+    ref_failures = _one_by_one(dataset, model, FolderWriter(tmp_path / "ref", _info(model)), 1.0)
+    reference = open_embeddings(tmp_path / "ref")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    real_both = dataset_embed._scene_and_timestamps
+
+    def spy(audio, model):  # inherited by the forked workers: each leaves its pid behind
+        (pids / str(os.getpid())).touch()
+        return real_both(audio, model)
+
+    monkeypatch.setattr(dataset_embed, "_scene_and_timestamps", spy)
+    threads = torch.get_num_threads()
+    for i, kwargs in enumerate([dict(batch_size=2), dict(batch_size=4, max_queued_seconds=2.0)]):
+        out = tmp_path / f"run{i}"
+        writer = FolderWriter(out, _info(model))
+        failures = embed_files(dataset, model, writer, chunk_seconds=1.0, processes=2, **kwargs)
+        assert failures == ref_failures
+        writer.finish(failures)
+        got = open_embeddings(out)
+        _assert_same_run(got, reference, bitwise=False)
+        assert [e["streamed"] for e in got["files"]].count(True) == 1
+        workers = {int(p.name) for p in pids.iterdir()}
+        assert workers and os.getpid() not in workers  # the clips were embedded by other processes
+        assert torch.get_num_threads() == threads  # this process keeps its threads
+
+
+@linux_only
+@pytest.mark.parametrize("header", [0.1, 0.0])
+def test_a_worker_hands_a_file_longer_than_its_header_back_to_be_streamed(tmp_path, header):
+    model = _model()
+    path = tmp_path / "long.wav"
+    x = _clip(SR * 3 + 7, 1)
+    sf.write(path, x, SR, subtype="FLOAT")
+    short = tmp_path / "short.wav"
+    sf.write(short, _clip(8000, 2), SR, subtype="FLOAT")
+    writer = FolderWriter(tmp_path / "emb", _info(model))
+    failures = embed_files(
+        [short, path, short], model, writer, chunk_seconds=0.5, header_seconds=[0.5, header, 0.5], processes=2
+    )
+    writer.finish(failures)
+    entries = open_embeddings(tmp_path / "emb")["files"]
+    assert [(e["streamed"], e["n_samples"]) for e in entries] == [
+        (False, 8000),
+        (True, len(x)),
+        (False, 8000),
+    ]
+
+
+@linux_only
+def test_failures_in_workers_are_each_files_own_and_progress_counts_everything(
+    tmp_path, dataset, monkeypatch
+):
+    """In a worker, a failing batch is retried clip by clip and a non-finite clip fails alone, with the
+    reason one process gives; the progress (in this process) counts every file and second."""
+    model = _model()
+    good = [p for p in dataset if p.name.startswith("c")]
+    real = dataset_embed._scene_and_timestamps
+
+    def flaky(audio, model):
+        if audio.shape[0] > 1:
+            raise RuntimeError("out of memory (pretend)")
+        scene, emb, ts = real(audio, model)
+        if audio.shape[1] == 12345:
+            emb[:, 3] = float("nan")
+        return scene, emb, ts
+
+    class Recorder(Progress):
+        def __init__(self):
+            self.files, self.seconds = 0, 0.0
+
+        def file_done(self, seconds):
+            self.files += 1
+            self.seconds += seconds
+
+    monkeypatch.setattr(dataset_embed, "_scene_and_timestamps", flaky)
+    runs = {}
+    for processes in (0, 2):
+        writer = FolderWriter(tmp_path / f"emb{processes}", _info(model))
+        progress = Recorder()
+        failures = embed_files(good, model, writer, batch_size=4, processes=processes, progress=progress)
+        writer.finish(failures)
+        runs[processes] = failures, progress.files, progress.seconds
+    failed = [str(p) for p in good if len(sf.read(p)[0]) == 12345]
+    assert [a for a, _ in runs[2][0]] == failed
+    assert all("FloatingPointError: its timestamp embedding is not finite" in r for _, r in runs[2][0])
+    assert runs[2][0] == runs[0][0]  # the same failures, with the same reasons, as in one process
+    assert runs[2][1] == runs[0][1] == len(good)
+    assert runs[2][2] == pytest.approx(sum(sf.info(str(p)).duration for p in good))
+
+
+@linux_only
+def test_a_worker_killed_stops_the_run_with_a_clear_error(tmp_path, dataset, monkeypatch):
+    model = _model()
+    good = [p for p in dataset if p.name.startswith("c")]
+    real_decode = dataset_embed._decode_short
+
+    def deadly(path, *args):
+        if path.name == "c05.wav" and os.getpid() != main:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+        return real_decode(path, *args)
+
+    main = os.getpid()
+    monkeypatch.setattr(dataset_embed, "_decode_short", deadly)
+    writer = FolderWriter(tmp_path / "emb", _info(model))
+    with pytest.raises(RuntimeError, match=r"a worker process of hear-abt embed died .*--processes 0"):
+        embed_files(good, model, writer, batch_size=2, processes=2)
+
+
+def _children(pid):
+    """Pids of the live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@linux_only
+def test_no_worker_outlives_the_main_process_killed_with_sigkill(tmp_path):
+    """`hear-abt embed` killed with SIGKILL mid-run (as a scheduler's last resort): its worker processes,
+    busy or waiting, are gone within seconds, never left running."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(40):
+        sf.write(folder / f"{i:02d}.wav", _clip(8000, i), SR, subtype="FLOAT")
+    model = _model()
+    save_pretrained(tmp_path / "model", model.config, model.encoder.state_dict())
+    script = f"""
+import sys, time
+import hear_abt.dataset_embed as d
+real = d._decode_short
+def slow(*args):
+    time.sleep(0.5)
+    return real(*args)
+d._decode_short = slow
+from hear_abt.cli import main
+sys.exit(main(["embed", {str(folder)!r}, "--out-dir", {str(tmp_path / "emb")!r}, "--weights", {str(tmp_path / "model")!r},
+               "--processes", "2", "--batch-size", "2", "--quiet"]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no worker processes started"
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        time.sleep(1.0)  # busy decoding
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [w for w in workers if Path(f"/proc/{w}").exists() and _state(w) != "Z"]
+        assert not alive, f"workers {alive} outlived the main process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers or _children(proc.pid):  # never leave one behind, whatever failed
+            with contextlib.suppress(OSError):
+                os.kill(w, signal.SIGKILL)
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_processes_is_refused_off_the_cpu_and_below_zero(tmp_path):
+    model = _model()
+    writer = NpzWriter(tmp_path / "e.npz", _info(model))
+    with pytest.raises(ValueError, match="processes must be an integer >= 0"):
+        embed_files([], model, writer, processes=-1)
+    with pytest.raises(ValueError, match=r"processes must be 0 on cuda"):
+        embed_files([], model, writer, processes=2, device="cuda")

@@ -1,0 +1,220 @@
+"""Dataset embedding spread over worker processes (``hear-abt embed --processes N``).
+
+Why processes: on a CPU, a short clip through the model is hundreds of small ops, and one process's
+threads keep about 1.8 of 2 cores busy (its model threads wait on each other and on the GIL a quarter
+of the time). Two processes, each with one torch thread, fill the cores (benchmarks/README.md).
+
+How: the main process cuts the input into parts of consecutive short files (up to
+``max_queued_seconds / (2 * processes)`` of audio and ``4 * batch_size`` files) and sends each part to
+a worker, at most two parts per worker in flight. A worker decodes, checks, batches and embeds its part
+with the same code as one process (:class:`hear_abt.dataset_embed._Run`, one decoder thread, one torch
+thread) and sends back each file's embeddings or its failure. The main process writes the answers in
+input order through the same writer methods, and streams long files itself (from their header, or
+when a worker finds one longer than its header said), so output files, numbering, failures and
+atomicity are those of one process.
+
+Workers are forked (Linux; elsewhere spawned) and each runs with one torch thread: OpenMP's thread pool
+does not survive ``fork``, and a forked child that starts more than one OpenMP thread after the parent
+used them hangs (seen here with torch 2.14 and libgomp); torch's DataLoader workers set one thread for
+the same reason. A worker ignores Ctrl-C (the main process stops the pool) and dies with the main
+process, also when that is killed with SIGKILL (Linux: ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .dataset_embed import ClipResult, Progress, _Item, _Run
+from .embedder import ABTEmbedder
+
+__all__ = ["ProcessRun", "default_processes"]
+
+
+def default_processes(device: torch.device) -> int:
+    """Worker processes for ``hear-abt embed`` by default: one per torch CPU thread on a Linux CPU with
+    2+ threads (forking is cheap there), else 0 (embedding in this process: a GPU must not be used
+    from forked children, and spawning a process costs a second or more of imports)."""
+    if torch.device(device).type != "cpu" or not sys.platform.startswith("linux"):
+        return 0
+    threads = torch.get_num_threads()
+    return threads if threads >= 2 else 0
+
+
+@dataclass
+class _Outcome:
+    """One file's answer from a worker: embedded (``result``), failed (``reason``), or ``long``."""
+
+    result: Optional[ClipResult] = None
+    reason: str = ""
+    seconds: float = 0.0  # a failure's audio seconds, for the progress bar
+    long: bool = False
+
+
+class _Info:
+    def __init__(self, scene: bool, timestamps: bool) -> None:
+        self.scene, self.timestamps = scene, timestamps
+
+
+class _Collector:
+    """A worker's stand-in for the writer: what :class:`_Run` reads of it."""
+
+    def __init__(self, scene: bool, timestamps: bool) -> None:
+        self.info = _Info(scene, timestamps)
+
+
+class _PartRun(_Run):
+    """A worker's :class:`_Run` over one part: answers collected in input order instead of written;
+    long files left to the main process (their output may not fit in memory)."""
+
+    def run(self, files: Iterable[tuple[Path, float]]) -> list[_Outcome]:
+        self.outcomes: list[_Outcome] = []
+        super().run(files)
+        return self.outcomes
+
+    def _write(self, item: _Item) -> None:
+        self.outcomes.append(_Outcome(result=item.result))
+        item.result = None
+
+    def _stream(self, item: _Item) -> None:
+        self.outcomes.append(_Outcome(long=True))
+
+    def _report(self, item: _Item, seconds: float) -> None:
+        self.outcomes.append(_Outcome(reason=item.reason, seconds=seconds))
+
+
+_worker: dict = {}
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(parent: int, model: ABTEmbedder, options: dict) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)
+    _worker.update(model=model, options=options)
+
+
+def _embed_part(files: list[tuple[Path, float]]) -> list[_Outcome]:
+    options = _worker["options"]
+    run = _PartRun(
+        _worker["model"],
+        _Collector(options["scene"], options["timestamps"]),
+        torch.device("cpu"),
+        options["chunk_seconds"],
+        options["batch_size"],
+        options["decode_workers"],
+        1,
+        options["max_batch_seconds"],
+        options["max_queued_seconds"],
+        Progress(),
+    )
+    return run.run(files)
+
+
+class ProcessRun(_Run):
+    """The main process: parts to the workers, answers written in input order, long files streamed."""
+
+    def __init__(self, processes: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.processes = processes
+        self.part_files = 4 * self.batch_size
+        self.part_seconds = self.max_queued / (2 * processes)
+
+    def run(self, files: Iterable[tuple[Path, float]]) -> list[tuple[str, str]]:
+        info = self.writer.info
+        options = dict(
+            scene=info.scene,
+            timestamps=info.timestamps,
+            chunk_seconds=self.chunk_seconds,
+            batch_size=self.batch_size,
+            decode_workers=min(self.workers, 1),
+            max_batch_seconds=self.max_batch_samples / self.sr,
+            max_queued_seconds=self.part_seconds,
+        )
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = ProcessPoolExecutor(
+            self.processes, context, initializer=_init_worker, initargs=(os.getpid(), self.model, options)
+        )
+        queue: deque[Union[tuple[Future, list[_Item]], _Item]] = deque()  # in input order
+        sent = 0  # parts in the queue
+        try:
+            for entry in self._parts(files):
+                if isinstance(entry, list):
+                    entry = pool.submit(_embed_part, [(it.path, it.header_seconds) for it in entry]), entry
+                    sent += 1
+                queue.append(entry)
+                while sent >= 2 * self.processes:  # two parts per worker: one embedding, one waiting
+                    sent -= self._answer(queue.popleft())
+            while queue:
+                self._answer(queue.popleft())
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "a worker process of hear-abt embed died (killed, or out of memory?); the files written so "
+                "far are kept: run again with fewer --processes, or --processes 0"
+            ) from err
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return self.failures
+
+    def _parts(self, files: Iterable[tuple[Path, float]]) -> Iterator[Union[list[_Item], _Item]]:
+        """Consecutive short files in parts; a file long from its header alone, in its turn."""
+        part: list[_Item] = []
+        seconds = 0.0
+        for index, (path, header) in enumerate(files):
+            item = _Item(index, Path(path), header)
+            if header * self.sr >= self.limit:
+                if part:
+                    yield part
+                    part, seconds = [], 0.0
+                item.state = "long"
+                yield item
+                continue
+            part.append(item)
+            seconds += header if header > 0 else self.limit / self.sr
+            if len(part) >= self.part_files or seconds >= self.part_seconds:
+                yield part
+                part, seconds = [], 0.0
+        if part:
+            yield part
+
+    def _answer(self, entry: Union[tuple[Future, list[_Item]], _Item]) -> int:
+        """Write one queue entry's files (waiting for a part's answers); returns the parts answered."""
+        if isinstance(entry, _Item):
+            self._stream(entry)
+            return 0
+        future, items = entry
+        outcomes = future.result()
+        if len(outcomes) != len(items):  # a bug, never a silent shift of answers between files
+            raise RuntimeError(f"a worker answered {len(outcomes)} files for a part of {len(items)}")
+        for item, outcome in zip(items, outcomes):
+            if outcome.long:
+                self._stream(item)
+            elif outcome.result is not None:
+                item.result = outcome.result
+                self._write(item)
+            else:
+                item.reason = outcome.reason
+                self._report(item, outcome.seconds)
+        return 1
