@@ -314,7 +314,8 @@ def _add_embed_command(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="worker processes (one torch thread each) that decode and embed the short files, written here "
-        "in order; 0: all in this process (default: one per CPU thread on a Linux CPU, else 0)",
+        "in order (--model-workers is then unused); 0: all in this process (default: one per CPU thread, at "
+        "most 8, on a Linux CPU; else 0)",
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)

@@ -31,6 +31,11 @@ pass instead of two; oneDNN's convolution rounds differently by input width). Me
 timestamp embeddings bitwise equal (``batch_size=1`` bitwise, tested), scene embeddings within 3e-7
 relative (tests allow 1e-6 relative).
 
+**Worker processes** (``processes=N``, the CLI's default on a Linux CPU): the short files go in parts
+to N forked processes that run this same pipeline with one torch thread each, and this process writes
+their answers in input order and streams the long files (:mod:`hear_abt.embed_processes`). The
+outputs are those of one process (bitwise on the benchmark's 2,000 clips).
+
 :func:`embed_clips` is the same batching for clips already in memory.
 """
 

@@ -43,14 +43,18 @@ from .embedder import ABTEmbedder
 __all__ = ["ProcessRun", "default_processes"]
 
 
+MAX_DEFAULT_PROCESSES = 8  # more would cut the parts (and so the batches) of 1200 s of audio too small
+
+
 def default_processes(device: torch.device) -> int:
-    """Worker processes for ``hear-abt embed`` by default: one per torch CPU thread on a Linux CPU with
-    2+ threads (forking is cheap there), else 0 (embedding in this process: a GPU must not be used
-    from forked children, and spawning a process costs a second or more of imports)."""
+    """Worker processes for ``hear-abt embed`` by default: one per torch CPU thread (at most
+    :data:`MAX_DEFAULT_PROCESSES`) on a Linux CPU with 2+ threads, where forking is cheap; else 0
+    (embedding in this process: a GPU must not be used from forked children, and spawning a process
+    costs a second or more of imports)."""
     if torch.device(device).type != "cpu" or not sys.platform.startswith("linux"):
         return 0
     threads = torch.get_num_threads()
-    return threads if threads >= 2 else 0
+    return min(threads, MAX_DEFAULT_PROCESSES) if threads >= 2 else 0
 
 
 @dataclass
