@@ -33,6 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Union
 
 import torch
@@ -67,16 +68,12 @@ class _Outcome:
     long: bool = False
 
 
-class _Info:
-    def __init__(self, scene: bool, timestamps: bool) -> None:
-        self.scene, self.timestamps = scene, timestamps
-
-
 class _Collector:
-    """A worker's stand-in for the writer: what :class:`_Run` reads of it."""
+    """A worker's stand-in for the writer: :class:`_Run` reads only its ``info`` (the answers go to
+    :class:`_PartRun`)."""
 
     def __init__(self, scene: bool, timestamps: bool) -> None:
-        self.info = _Info(scene, timestamps)
+        self.info = SimpleNamespace(scene=scene, timestamps=timestamps)
 
 
 class _PartRun(_Run):
