@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .fileio import FileSyncer, PathLike, atomic_open, atomic_write_text
+from .fileio import FileSyncer, PathLike, atomic_open, atomic_write_text, file_syncer
 
 INDEX_NAME = "index.json"
 LAYOUT_FORMAT = "hear-abt-embeddings"
@@ -325,7 +325,7 @@ class FolderWriter(EmbeddingsWriter):
         super().__init__(out, info)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / INDEX_NAME).unlink(missing_ok=True)  # the folder is being replaced: no stale index
-        self.syncer = FileSyncer()
+        self.syncer = file_syncer()
 
     def _new_sink(self) -> NpySink:
         return NpySink(self.out, len(self.entries), self.info.timestamp_embedding_size, self.syncer)

@@ -12,7 +12,7 @@ import queue
 import stat
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Union
 
@@ -151,73 +151,37 @@ class FileSyncer:
     :meth:`add` records a written (renamed) file; :meth:`wait` returns once every recorded file and
     the folders holding them are durable, raising an OSError that names the file or folder when one
     cannot be made so (e.g. EIO, or a file removed meanwhile). Write whatever refers to the files (an
-    index) only after :meth:`wait`.
-
-    On Linux, :meth:`wait` is one ``syncfs`` per file system (the folders' file descriptors are
-    opened at their first file, so that writeback errors from then on are reported: Linux >= 5.8);
-    elsewhere each file is fsynced by a background thread as it comes, then each folder.
+    index) only after :meth:`wait`. Get one from :func:`file_syncer`.
     """
 
-    def __init__(self) -> None:
-        self._syncfs = _SYNCFS
-        self._files: list[Path] = []  # syncfs: checked to still exist at wait()
-        self._folder_fds: dict[Path, int] = {}  # syncfs: one descriptor per folder
-        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-        self._folders: set[Path] = set()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+    def add(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> None:
+        raise NotImplementedError
+
+
+def file_syncer() -> FileSyncer:
+    """The cheapest :class:`FileSyncer` here: :class:`SyncfsSyncer` on Linux, else :class:`FsyncSyncer`."""
+    return SyncfsSyncer(_SYNCFS) if _SYNCFS is not None else FsyncSyncer()
+
+
+class SyncfsSyncer(FileSyncer):
+    """One ``syncfs`` per file system at :meth:`wait` (Linux). The folders' file descriptors are opened
+    at their first file, so that writeback errors from then on are reported (Linux >= 5.8)."""
+
+    def __init__(self, syncfs: Callable[[int], int]) -> None:
+        self._syncfs = syncfs
+        self._files: list[Path] = []  # checked to still exist at wait()
+        self._folder_fds: dict[Path, int] = {}  # one descriptor per folder
 
     def add(self, path: PathLike) -> None:
         path = Path(path)
-        if self._syncfs is not None:
-            if path.parent not in self._folder_fds:
-                self._folder_fds[path.parent] = os.open(path.parent, os.O_RDONLY)
-            self._files.append(path)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="hear-abt-fsync", daemon=True)
-            self._thread.start()
-        self._queue.put(path)
-
-    def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._folders.add(path.parent)
-            except OSError as err:
-                self._error = OSError(err.errno, f"making {path} durable (fsync): {err.strerror}")
+        if path.parent not in self._folder_fds:
+            self._folder_fds[path.parent] = os.open(path.parent, os.O_RDONLY)
+        self._files.append(path)
 
     def wait(self) -> None:
-        if self._syncfs is not None:
-            self._wait_syncfs()
-            return
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        for folder in sorted(self._folders):  # the renames themselves
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._folders.clear()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def __del__(self) -> None:  # a run abandoned before wait() (Ctrl-C): its folders' descriptors
-        for fd in getattr(self, "_folder_fds", {}).values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _wait_syncfs(self) -> None:
         files, self._files = self._files, []
         fds, self._folder_fds = self._folder_fds, {}
         try:
@@ -238,6 +202,58 @@ class FileSyncer:
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+    def __del__(self) -> None:  # a run abandoned before wait() (Ctrl-C): its folders' descriptors
+        for fd in getattr(self, "_folder_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class FsyncSyncer(FileSyncer):
+    """Each file fsynced by a background thread as it comes, then each folder at :meth:`wait` (where
+    there is no ``syncfs``)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._folders: set[Path] = set()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: PathLike) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hear-abt-fsync", daemon=True)
+            self._thread.start()
+        self._queue.put(Path(path))
+
+    def _run(self) -> None:
+        while (path := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._folders.add(path.parent)
+            except OSError as err:
+                self._error = OSError(err.errno, f"making {path} durable (fsync): {err.strerror}")
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        for folder in sorted(self._folders):  # the renames themselves
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._folders.clear()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

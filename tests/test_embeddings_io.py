@@ -227,9 +227,9 @@ def test_per_file_arrays_are_durable_before_the_index_lists_them(tmp_path, monke
 
 
 def test_a_file_that_cannot_be_made_durable_fails_the_run_naming_it(tmp_path, sync_mode):
-    from hear_abt.fileio import FileSyncer
+    from hear_abt.fileio import file_syncer
 
-    syncer = FileSyncer()
+    syncer = file_syncer()
     good = tmp_path / "good.npy"
     good.write_bytes(b"x")
     gone = tmp_path / "vanished.npy"
@@ -255,7 +255,7 @@ def test_a_failing_syncfs_fails_the_run_naming_the_folder(tmp_path, monkeypatch)
         return -1
 
     monkeypatch.setattr(fileio, "_SYNCFS", failing_syncfs)
-    syncer = fileio.FileSyncer()
+    syncer = fileio.file_syncer()
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.npy").write_bytes(b"x")
     syncer.add(tmp_path / "sub" / "a.npy")
@@ -297,10 +297,10 @@ def test_an_abandoned_syncer_closes_the_folder_descriptors_it_opened(tmp_path):
     import gc
     import os
 
-    from hear_abt.fileio import FileSyncer
+    from hear_abt.fileio import file_syncer
 
     before = len(os.listdir("/proc/self/fd"))
-    syncer = FileSyncer()
+    syncer = file_syncer()
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.npy").write_bytes(b"x")
