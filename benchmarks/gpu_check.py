@@ -716,22 +716,6 @@ def rel_error(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
     return float((a - b).norm() / max(float(b.norm()), floor, 1e-30))
 
 
-def leave_together(procs: distributed.Processes, timeout_s: float = 600.0) -> None:
-    """Return once every rank has finished its last collective, counted in torchrun's store (not gloo;
-    c10d's default store has no public accessor).
-
-    Then no gloo message is in flight when a rank closes its sockets: a rank that closed while its peer
-    still read made the peer abort (SIGABRT, no Python traceback), once, in CI on a loaded 2-core machine.
-    """
-    store = torch.distributed.distributed_c10d._get_default_store()
-    store.add("gpu_check/ranks_done", 1)
-    deadline = time.monotonic() + timeout_s
-    while store.add("gpu_check/ranks_done", 0) < procs.world_size:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"rank {procs.rank}: the other ranks did not finish within {timeout_s:.0f} s")
-        time.sleep(0.01)
-
-
 def ddp_worker(args: argparse.Namespace) -> int:
     """One rank under torchrun: its half of the reference's global batch through the DDP model."""
     warnings.filterwarnings("ignore", message=r"batch_size \d+ over \d+ ranks")  # the small CPU batch
@@ -789,7 +773,7 @@ def ddp_worker(args: argparse.Namespace) -> int:
         gathered = distributed.gather(procs, figures)
         if procs.is_main:
             print(RESULT + json.dumps(gathered), flush=True)
-        leave_together(procs)
+        distributed.leave_together(procs)
         return 0
     finally:
         if torch.distributed.is_initialized():

@@ -58,6 +58,12 @@ def default_processes(device: torch.device) -> int:
     return min(threads, MAX_DEFAULT_PROCESSES) if threads >= 2 else 0
 
 
+def start_method() -> str:
+    """How workers start: forked on Linux (cheap, and the model is inherited), spawned elsewhere
+    (macOS's system frameworks are not fork-safe; the model is pickled to each worker)."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 @dataclass
 class _Outcome:
     """One file's answer from a worker: embedded (``result``), failed (``reason``), or ``long``."""
@@ -154,7 +160,7 @@ class ProcessRun(_Run):
             max_batch_seconds=self.max_batch_samples / self.sr,
             max_queued_seconds=self.part_seconds,
         )
-        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        context = multiprocessing.get_context(start_method())
         pool = ProcessPoolExecutor(
             self.processes, context, initializer=_init_worker, initargs=(os.getpid(), self.model, options)
         )

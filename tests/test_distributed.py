@@ -148,3 +148,46 @@ def test_ranks_that_do_not_share_the_run_folder_fail_together_with_a_message(tmp
     else:
         assert "rank 1 on" in results[0] and "cannot see --run-dir" in results[0]
         assert "filesystem shared by all nodes" in results[1]
+
+
+def test_leave_together_waits_for_every_rank_then_lets_all_go(monkeypatch):
+    """Ranks counted in the launcher's store: the first to arrive waits until the last has arrived
+    (no rank tears its sockets down while a peer may still read); a rank alone times out, saying so;
+    a store gone while waiting (rank 0 hosted it and left, having seen everyone) lets it leave."""
+    import threading
+    import time
+
+    store = dist.HashStore()
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    left = {}
+
+    def rank(r, delay):
+        time.sleep(delay)
+        distributed.leave_together(distributed.Processes(r, 3, r, torch.device("cpu")), timeout_s=30)
+        left[r] = time.monotonic()
+
+    threads = [threading.Thread(target=rank, args=(r, d)) for r, d in [(0, 0.0), (1, 0.1), (2, 0.6)]]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert min(left.values()) - start >= 0.6  # nobody left before rank 2 arrived
+
+    alone = dist.HashStore()
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: alone)
+    with pytest.raises(RuntimeError, match="rank 1: the other ranks did not finish within 0.2 s"):
+        distributed.leave_together(distributed.Processes(1, 2, 1, torch.device("cpu")), timeout_s=0.2)
+
+    class Gone:
+        calls = 0
+
+        def add(self, key, n):
+            Gone.calls += 1
+            if Gone.calls > 1:
+                raise RuntimeError("Connection reset by peer")
+            return 1
+
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: Gone())
+    distributed.leave_together(distributed.Processes(1, 2, 1, torch.device("cpu")), timeout_s=30)
+    assert Gone.calls == 2

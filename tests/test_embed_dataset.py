@@ -405,6 +405,23 @@ def test_worker_processes_equal_one_by_one_and_do_the_work(tmp_path, dataset, mo
         assert torch.get_num_threads() == threads  # this process keeps its threads
 
 
+def test_spawned_workers_give_the_same_answers(tmp_path, dataset, monkeypatch):
+    """Where workers are spawned (macOS, Windows): the model is pickled to them, and the run equals one
+    process's."""
+    import hear_abt.embed_processes as embed_processes
+
+    model = _model()
+    writer = FolderWriter(tmp_path / "one", _info(model))
+    ref_failures = embed_files(dataset, model, writer, chunk_seconds=1.0, batch_size=4)
+    writer.finish(ref_failures)
+    monkeypatch.setattr(embed_processes, "start_method", lambda: "spawn")
+    writer = FolderWriter(tmp_path / "spawned", _info(model))
+    failures = embed_files(dataset, model, writer, chunk_seconds=1.0, batch_size=4, processes=2)
+    writer.finish(failures)
+    assert failures == ref_failures
+    _assert_same_run(open_embeddings(tmp_path / "spawned"), open_embeddings(tmp_path / "one"), bitwise=False)
+
+
 @linux_only
 @pytest.mark.parametrize("header", [0.1, 0.0])
 def test_a_worker_hands_a_file_longer_than_its_header_back_to_be_streamed(tmp_path, header):

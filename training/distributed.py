@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,32 @@ def gather(procs: Processes, value: Any) -> list[Any] | None:
     out: list[Any] | None = [None] * procs.world_size if procs.is_main else None
     dist.gather_object(value, out, dst=0, group=procs.control)
     return out
+
+
+def leave_together(procs: Processes, timeout_s: float = 600.0) -> None:
+    """Return once every rank has got here: call it after the last collective, before tearing down.
+
+    A gloo rank that closes its sockets while a peer still reads its last collective's data makes the
+    peer abort (SIGABRT, no Python traceback): seen once in CI on a loaded 2-core machine. The ranks
+    are counted in the launcher's key-value store, not in a collective (c10d's default store has no
+    public accessor). A store that is gone while this rank waits (launchers where rank 0 hosts it)
+    means rank 0 saw every rank here and left: then this rank leaves too.
+    """
+    if procs.world_size == 1:
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = "hear_abt/ranks_done"
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if store.add(key, 0) >= procs.world_size:
+                return
+        except (RuntimeError, OSError):  # DistStoreError and DistNetworkError are RuntimeErrors
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {procs.rank}: the other ranks did not finish within {timeout_s:g} s")
+        time.sleep(0.01)
 
 
 def check_shared_folders(procs: Processes, run_dir: Path, data_dir: Path | None) -> None:

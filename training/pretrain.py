@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None, hint_next: bool = True) -> int:
     )
     try:
         stopped_by = train(run, handlers, bar)
+        distributed.leave_together(procs, 60 * run.args.dist_timeout_minutes)  # before the teardown
     except engine.NonFiniteLoss as err:
         handlers.close()  # a checkpoint being written finishes first: the message names it
         if procs.is_main:
