@@ -197,12 +197,19 @@ def test_bad_files_are_reported_with_the_hear_api_words(tmp_path, dataset):
     assert all(str(tmp_path) in reason for reason in by_name.values())  # each names its file
 
 
-@pytest.mark.parametrize("model_workers", [1, 2])
-def test_a_clip_with_non_finite_embeddings_fails_alone(tmp_path, dataset, monkeypatch, model_workers):
-    """A batch whose call raises is retried clip by clip; a clip whose embedding is not finite fails
-    with the reason one by one gives, and its batch mates are written."""
-    model = _model()
-    good = [p for p in dataset if p.name.startswith("c")]
+class Recorder(Progress):
+    """Counts the files and audio seconds a run reports done."""
+
+    def __init__(self):
+        self.files, self.seconds = 0, 0.0
+
+    def file_done(self, seconds):
+        self.files += 1
+        self.seconds += seconds
+
+
+def _fail_batches_and_clips_of_12345(monkeypatch):
+    """Every batch of 2+ clips raises; a clip of 12345 samples gets a NaN timestamp embedding."""
     real = dataset_embed._scene_and_timestamps
 
     def flaky(audio, model):
@@ -214,6 +221,15 @@ def test_a_clip_with_non_finite_embeddings_fails_alone(tmp_path, dataset, monkey
         return scene, emb, ts
 
     monkeypatch.setattr(dataset_embed, "_scene_and_timestamps", flaky)
+
+
+@pytest.mark.parametrize("model_workers", [1, 2])
+def test_a_clip_with_non_finite_embeddings_fails_alone(tmp_path, dataset, monkeypatch, model_workers):
+    """A batch whose call raises is retried clip by clip; a clip whose embedding is not finite fails
+    with the reason one by one gives, and its batch mates are written."""
+    model = _model()
+    good = [p for p in dataset if p.name.startswith("c")]
+    _fail_batches_and_clips_of_12345(monkeypatch)
     writer = FolderWriter(tmp_path / "emb", _info(model))
     failures = embed_files(good, model, writer, batch_size=4, model_workers=model_workers)
     writer.finish(failures)
@@ -254,14 +270,6 @@ def test_memory_stays_bounded_and_progress_counts_files_and_seconds(tmp_path, mo
         def add(self, *args):
             written[0] += 1
             super().add(*args)
-
-    class Recorder(Progress):
-        def __init__(self):
-            self.files, self.seconds = 0, 0.0
-
-        def file_done(self, seconds):
-            self.files += 1
-            self.seconds += seconds
 
     monkeypatch.setattr(dataset_embed, "_decode_short", counting_decode)
     progress = Recorder()
@@ -452,25 +460,7 @@ def test_failures_in_workers_are_each_files_own_and_progress_counts_everything(
     reason one process gives; the progress (in this process) counts every file and second."""
     model = _model()
     good = [p for p in dataset if p.name.startswith("c")]
-    real = dataset_embed._scene_and_timestamps
-
-    def flaky(audio, model):
-        if audio.shape[0] > 1:
-            raise RuntimeError("out of memory (pretend)")
-        scene, emb, ts = real(audio, model)
-        if audio.shape[1] == 12345:
-            emb[:, 3] = float("nan")
-        return scene, emb, ts
-
-    class Recorder(Progress):
-        def __init__(self):
-            self.files, self.seconds = 0, 0.0
-
-        def file_done(self, seconds):
-            self.files += 1
-            self.seconds += seconds
-
-    monkeypatch.setattr(dataset_embed, "_scene_and_timestamps", flaky)
+    _fail_batches_and_clips_of_12345(monkeypatch)
     runs = {}
     for processes in (0, 2):
         writer = FolderWriter(tmp_path / f"emb{processes}", _info(model))
