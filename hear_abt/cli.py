@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .dataset_embed import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, Progress, embed_files
 from .devices import parse_device
-from .embed_processes import default_processes
+from .embed_processes import WorkerDied, default_processes
 from .embeddings_io import INDEX_NAME, FolderWriter, NpzWriter, RunInfo
 
 if TYPE_CHECKING:
@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except WorkerDied as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Why processes: on a CPU, a short clip through the model is hundreds of small ops, and one process's
 threads keep about 1.8 of 2 cores busy (its model threads wait on each other and on the GIL a quarter
-of the time). Two processes, each with one torch thread, fill the cores (benchmarks/README.md).
+of the time). Two processes, each with one torch thread, fill the cores (benchmarks/README.md; with
+the paper-size model, whose large convolutions already fill them, they gain nothing on 2 cores).
 
 How: the main process cuts the input into parts of consecutive short files (up to
 ``max_queued_seconds / (2 * processes)`` of audio and ``4 * batch_size`` files) and sends each part to
@@ -41,7 +42,7 @@ import torch
 from .dataset_embed import ClipResult, Progress, _Item, _Run
 from .embedder import ABTEmbedder
 
-__all__ = ["ProcessRun", "default_processes"]
+__all__ = ["ProcessRun", "WorkerDied", "default_processes", "start_method"]
 
 
 MAX_DEFAULT_PROCESSES = 8  # more would cut the parts (and so the batches) of 1200 s of audio too small
@@ -56,6 +57,16 @@ def default_processes(device: torch.device) -> int:
         return 0
     threads = torch.get_num_threads()
     return min(threads, MAX_DEFAULT_PROCESSES) if threads >= 2 else 0
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died (killed, e.g. by the kernel's out-of-memory killer): the run stops."""
+
+
+_DIED = (
+    "a worker process of hear-abt embed died (killed, or out of memory?); the run stopped and wrote no "
+    "index: run again with fewer --processes, or --processes 0"
+)
 
 
 def start_method() -> str:
@@ -176,11 +187,8 @@ class ProcessRun(_Run):
                     sent -= self._answer(queue.popleft())
             while queue:
                 self._answer(queue.popleft())
-        except BrokenProcessPool as err:
-            raise RuntimeError(
-                "a worker process of hear-abt embed died (killed, or out of memory?); the files written so "
-                "far are kept: run again with fewer --processes, or --processes 0"
-            ) from err
+        except BrokenProcessPool as err:  # at submit: the pool broke while no answer was awaited
+            raise WorkerDied(_DIED) from err
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return self.failures
@@ -212,7 +220,11 @@ class ProcessRun(_Run):
             self._stream(entry)
             return 0
         future, items = entry
-        outcomes = future.result()
+        try:
+            outcomes = future.result()
+        except BrokenProcessPool as err:
+            where = f"{items[0].path}" if len(items) == 1 else f"{items[0].path} ... {items[-1].path}"
+            raise WorkerDied(f"{_DIED}; its part held {len(items)} file(s): {where}") from err
         if len(outcomes) != len(items):  # a bug, never a silent shift of answers between files
             raise RuntimeError(f"a worker answered {len(outcomes)} files for a part of {len(items)}")
         for item, outcome in zip(items, outcomes):

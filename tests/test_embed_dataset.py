@@ -21,8 +21,10 @@ import torch
 import hear_abt
 import hear_abt.dataset_embed as dataset_embed
 from hear_abt import AudioInputError
+from hear_abt.cli import main
 from hear_abt.config import ModelConfig, NormStats
 from hear_abt.dataset_embed import Progress, embed_clips, embed_files
+from hear_abt.embed_processes import WorkerDied
 from hear_abt.embedder import ABTEmbedder
 from hear_abt.embeddings_io import FolderWriter, NpzWriter, RunInfo, open_embeddings, read_npz
 from hear_abt.streaming import embed_file
@@ -477,21 +479,33 @@ def test_failures_in_workers_are_each_files_own_and_progress_counts_everything(
 
 
 @linux_only
-def test_a_worker_killed_stops_the_run_with_a_clear_error(tmp_path, dataset, monkeypatch):
+def test_a_worker_killed_stops_the_run_with_a_clear_error(tmp_path, dataset, monkeypatch, capsys):
     model = _model()
     good = [p for p in dataset if p.name.startswith("c")]
     real_decode = dataset_embed._decode_short
 
     def deadly(path, *args):
-        if path.name == "c05.wav" and os.getpid() != main:
+        if path.name == "c05.wav" and os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
         return real_decode(path, *args)
 
-    main = os.getpid()
+    parent = os.getpid()
     monkeypatch.setattr(dataset_embed, "_decode_short", deadly)
     writer = FolderWriter(tmp_path / "emb", _info(model))
-    with pytest.raises(RuntimeError, match=r"a worker process of hear-abt embed died .*--processes 0"):
+    with pytest.raises(WorkerDied, match=r"a worker process of hear-abt embed died .*--processes 0") as err:
         embed_files(good, model, writer, batch_size=2, processes=2)
+    assert "its part held 8 file(s)" in str(err.value)  # parts of 4 x batch_size files
+    part = good[:8] if "c05.wav" in [p.name for p in good[:8]] else good[8:]
+    assert f"{part[0]} ... {part[-1]}" in str(err.value)
+
+    # The command says so in one line, without a traceback, and fails
+    weights = save_pretrained(tmp_path / "model", model.config, model.encoder.state_dict())
+    folder = tmp_path / "emb_cli"
+    assert (
+        main(["embed", *map(str, good), "--weights", str(weights), "--out-dir", str(folder), "--quiet"]) == 1
+    )
+    assert "error: a worker process of hear-abt embed died" in capsys.readouterr().err
+    assert not (folder / "index.json").exists()
 
 
 def _children(pid):
