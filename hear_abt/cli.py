@@ -2,7 +2,7 @@
 
 hear-abt embed AUDIO... --out FILE.npz [--weights SRC] [--what scene|timestamp|both]
 hear-abt embed AUDIO... --out-dir FOLDER ...   (streamed to disk: any length, read lazily)
-hear-abt embed FOLDER --out-dir FOLDER [--batch-size 16] [--decode-workers 2]   (datasets of clips)
+hear-abt embed FOLDER --out-dir FOLDER [--batch-size 16] [--processes N]   (datasets of clips)
 hear-abt info [SRC]
 hear-abt export-onnx WEIGHTS OUT_DIR   (scene.onnx + timestamps.onnx; pip install 'hear-abt[onnx]')
 """
