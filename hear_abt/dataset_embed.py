@@ -34,7 +34,9 @@ relative (tests allow 1e-6 relative).
 **Worker processes** (``processes=N``, the CLI's default on a Linux CPU): the short files go in parts
 to N forked processes that run this same pipeline with one torch thread each, and this process writes
 their answers in input order and streams the long files (:mod:`hear_abt.embed_processes`). The
-outputs are those of one process (bitwise on the benchmark's 2,000 clips).
+outputs equal one process's up to float rounding, as batching does (a worker batches within its part,
+so batch sizes can differ): bitwise on the benchmark's 2,000 clips, within 3.4e-7 relative on 1,800
+real recordings of mixed lengths.
 
 :func:`embed_clips` is the same batching for clips already in memory.
 """
