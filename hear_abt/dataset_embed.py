@@ -624,7 +624,6 @@ def embed_files(
         max_queued_seconds,
         progress or Progress(),
     )
-    if processes:  # this process streams the long files with all its threads
-        return run.run(zip(paths, header_seconds))
-    with _threads_per_worker(device, model_workers):
+    # With worker processes this one only streams the long files, with all its threads.
+    with _threads_per_worker(device, 1 if processes else model_workers):
         return run.run(zip(paths, header_seconds))

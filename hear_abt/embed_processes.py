@@ -40,7 +40,6 @@ from typing import Optional, Union
 import torch
 
 from .dataset_embed import ClipResult, Progress, _Item, _Run
-from .embedder import ABTEmbedder
 
 __all__ = ["ProcessRun", "WorkerDied", "default_processes", "start_method"]
 
@@ -85,14 +84,6 @@ class _Outcome:
     long: bool = False
 
 
-class _Collector:
-    """A worker's stand-in for the writer: :class:`_Run` reads only its ``info`` (the answers go to
-    :class:`_PartRun`)."""
-
-    def __init__(self, scene: bool, timestamps: bool) -> None:
-        self.info = SimpleNamespace(scene=scene, timestamps=timestamps)
-
-
 class _PartRun(_Run):
     """A worker's :class:`_Run` over one part: answers collected in input order instead of written;
     long files left to the main process (their output may not fit in memory)."""
@@ -126,29 +117,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_worker(parent: int, model: ABTEmbedder, options: dict) -> None:
+def _init_worker(parent: int, run_args: tuple) -> None:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
-    _worker.update(model=model, options=options)
+    _worker["run_args"] = run_args
 
 
 def _embed_part(files: list[tuple[Path, float]]) -> list[_Outcome]:
-    options = _worker["options"]
-    run = _PartRun(
-        _worker["model"],
-        _Collector(options["scene"], options["timestamps"]),
-        torch.device("cpu"),
-        options["chunk_seconds"],
-        options["batch_size"],
-        options["decode_workers"],
-        1,
-        options["max_batch_seconds"],
-        options["max_queued_seconds"],
-        Progress(),
-    )
-    return run.run(files)
+    return _PartRun(*_worker["run_args"]).run(files)
 
 
 class ProcessRun(_Run):
@@ -161,19 +139,21 @@ class ProcessRun(_Run):
         self.part_seconds = self.max_queued / (2 * processes)
 
     def run(self, files: Iterable[tuple[Path, float]]) -> list[tuple[str, str]]:
-        info = self.writer.info
-        options = dict(
-            scene=info.scene,
-            timestamps=info.timestamps,
-            chunk_seconds=self.chunk_seconds,
-            batch_size=self.batch_size,
-            decode_workers=min(self.workers, 1),
-            max_batch_seconds=self.max_batch_samples / self.sr,
-            max_queued_seconds=self.part_seconds,
+        run_args = (  # a worker's _PartRun: the writer stands in by its info alone (all _Run reads of it)
+            self.model,
+            SimpleNamespace(info=self.writer.info),
+            torch.device("cpu"),
+            self.chunk_seconds,
+            self.batch_size,
+            min(self.workers, 1),  # one decoder thread
+            1,  # one batch at a time
+            self.max_batch_samples / self.sr,
+            self.part_seconds,
+            Progress(),
         )
         context = multiprocessing.get_context(start_method())
         pool = ProcessPoolExecutor(
-            self.processes, context, initializer=_init_worker, initargs=(os.getpid(), self.model, options)
+            self.processes, context, initializer=_init_worker, initargs=(os.getpid(), run_args)
         )
         queue: deque[Union[tuple[Future, list[_Item]], _Item]] = deque()  # in input order
         sent = 0  # parts in the queue
