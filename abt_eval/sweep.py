@@ -463,6 +463,9 @@ def open_study(
         pruner=make_pruner(args.pruner, n_reports),
         load_if_exists=True,
     )
+    done = len(study.get_trials(deepcopy=False))
+    if done:  # a continued study: a sampler seeded as at its start would draw its first points again
+        study.sampler = make_sampler(args.sampler, seed + done, args.startup_trials)
     record = settings_record(args, params, fixed)
     known = study.user_attrs.get("settings")
     if known is None:
