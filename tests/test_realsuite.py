@@ -20,6 +20,7 @@ import soundfile as sf
 from abt_eval import realsuite
 from abt_eval.realsuite import sources
 from abt_eval.realsuite.__main__ import main
+from abt_eval.realsuite.folds import FoldsError, assign_folds, make_folds
 from hear_abt.config import SAMPLE_RATE
 from training.linear_eval import HearTask
 
@@ -389,3 +390,82 @@ def test_real_packages_give_the_documented_sources():
     effects = sources.list_effects(cache)
     assert {lab for lab, _ in sources.SFX_CLASSES} == {f.label for f in effects} and len(effects) > 500
     assert len(sources.list_ambiences(cache)) >= 30
+
+
+# ---- k-fold selection tasks -------------------------------------------------------------------------
+
+
+def test_assign_folds_keeps_groups_whole_and_balances_labels():
+    rng = np.random.default_rng(0)
+    clips, g = {}, 0
+    for label, n_groups in (("a", 40), ("b", 23), ("c", 7)):
+        for _ in range(n_groups):
+            for j in range(int(rng.integers(1, 5))):  # 1-4 clips per group (velocity layers, cuts)
+                clips[f"{label}{g}-{j}.wav"] = (label, f"g{g}")
+            g += 1
+    folds = assign_folds(clips, 5, seed=0)
+    assert sorted(c for f in folds for c in f) == sorted(clips)  # every clip once
+    fold_of = {c: i for i, f in enumerate(folds) for c in f}
+    for group in {grp for _, grp in clips.values()}:
+        assert len({fold_of[c] for c, (_, grp) in clips.items() if grp == group}) == 1
+    for label in "abc":
+        counts = [sum(clips[c][0] == label for c in f) for f in folds]
+        assert max(counts) - min(counts) <= 4, (label, counts)  # at most one group's worth apart
+    assert assign_folds(clips, 5, seed=0) == folds and assign_folds(clips, 5, seed=1) != folds
+    with pytest.raises(FoldsError, match="two labels"):
+        assign_folds({"x.wav": ("a", "g"), "y.wav": ("b", "g"), "z.wav": ("b", "h")}, 2, 0)
+    with pytest.raises(FoldsError, match="cannot fill 5 folds"):
+        assign_folds({"x.wav": ("a", "g")}, 5, 0)
+
+
+@pytest.mark.parametrize("task", ["drums", "sfx"])
+def test_folds_hold_train_and_valid_never_test(built, task, tmp_path):
+    _, out = built
+    src, dst = out / task, tmp_path / f"{task}-folds"
+    assert main(["folds", str(src), str(dst), "--k", "3"]) == 0
+    meta = _json(dst / "task_metadata.json")
+    assert (meta["split_mode"], meta["nfolds"], meta["splits"]) == (
+        "new_split_kfold",
+        3,
+        ["fold00", "fold01", "fold02"],
+    )
+    folds = {s: _json(dst / f"{s}.json") for s in meta["splits"]}
+    # Exactly the train and valid clips, same audio and label; no test clip.
+    expected = {}
+    for split in ("train", "valid"):
+        for name, label in _json(src / f"{split}.json").items():
+            expected[(src / "16000" / split / name).read_bytes()] = label
+    got = {(dst / "16000" / s / name).read_bytes(): label for s in folds for name, label in folds[s].items()}
+    assert got == expected
+    test_audio = {p.read_bytes() for p in (src / "16000" / "test").iterdir()}
+    assert not test_audio & set(got)
+    # A group (take, kit piece) never spans two folds.
+    prov = _json(dst / "provenance.json")
+    groups = [set(prov["folds"][s]["groups"]) for s in meta["splits"]]
+    assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1 :])
+    # linear_eval reads it as 3 rotations: test fold i, valid fold i+1, train the rest.
+    hear = HearTask(dst)
+    assert [(f.test, f.valid) for f in hear.folds] == [
+        ("fold00", "fold01"),
+        ("fold01", "fold02"),
+        ("fold02", "fold00"),
+    ]
+    # Made again with the same settings: kept; with others: refused, untouched.
+    stamp = (dst / "fold00.json").stat().st_mtime_ns
+    assert main(["folds", str(src), str(dst), "--k", "3"]) == 0
+    assert (dst / "fold00.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FoldsError, match="made otherwise"):
+        make_folds(src, dst, k=3, seed=1)
+
+
+def test_folds_refuse_what_they_cannot_split(built, tmp_path, capsys):
+    _, out = built
+    assert main(["folds", str(out / "events"), str(tmp_path / "e")]) == 1
+    assert "scene task with train/valid/test splits" in capsys.readouterr().err
+    assert main(["folds", str(out / "drums"), str(tmp_path / "d"), "--k", "2"]) == 1
+    assert "at least 3 folds" in capsys.readouterr().err
+    half = tmp_path / "half"
+    shutil.copytree(out / "drums", half)
+    (half / ".complete").unlink()
+    with pytest.raises(FoldsError, match="not a complete realsuite task"):
+        make_folds(half, tmp_path / "h")

@@ -1,14 +1,18 @@
-"""Command line of ``abt_eval.realsuite``: ``build`` a suite, or a disjoint pre-training ``corpus``."""
+"""Command line of ``abt_eval.realsuite``: ``build`` a suite, a disjoint pre-training ``corpus``, or the
+k-fold selection ``folds`` of a built scene task."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from . import __doc__ as package_doc
 from .build import build_suite
 from .corpus import CORPUS_PACKAGES, OverlapError, build_corpus
+from .folds import FoldsError, make_folds
 from .sources import FetchError
 from .tasks import EVENT_CLIPS, TASKS
 
@@ -37,12 +41,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--suite", default=None, help="a built real suite to check against (its provenance.json)")
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument("--packages", default=",".join(CORPUS_PACKAGES))
+    f = sub.add_parser(
+        "folds", help="k folds of a built scene task's train+valid splits, to choose recipes on"
+    )
+    f.add_argument("task_dir", help="a built scene task, e.g. SUITE/drums")
+    f.add_argument("out_dir", help="the k-fold task to write, e.g. SUITE/drums-folds")
+    f.add_argument("--k", type=int, default=5)
+    f.add_argument("--seed", type=int, default=0)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.command == "folds":
+        try:
+            meta = make_folds(args.task_dir, args.out_dir, k=args.k, seed=args.seed)
+        except FoldsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        sizes = [len(json.loads((Path(args.out_dir) / f"{s}.json").read_text())) for s in meta["splits"]]
+        print(f"{meta['task_name']}: {meta['nfolds']} folds of {sizes} clips -> {args.out_dir}")
+        return 0
     common = {
         "seed": args.seed,
         "jobs": args.jobs,
