@@ -20,6 +20,7 @@ import soundfile as sf
 from abt_eval import realsuite
 from abt_eval.realsuite import sources
 from abt_eval.realsuite.__main__ import main
+from abt_eval.realsuite.corpus import suite_hashes_from_folder
 from abt_eval.realsuite.folds import FoldsError, assign_folds, make_folds
 from hear_abt.config import SAMPLE_RATE
 from training.linear_eval import HearTask
@@ -469,3 +470,11 @@ def test_folds_refuse_what_they_cannot_split(built, tmp_path, capsys):
     (half / ".complete").unlink()
     with pytest.raises(FoldsError, match="not a complete realsuite task"):
         make_folds(half, tmp_path / "h")
+
+
+def test_a_suite_holding_folds_is_still_checked_against_the_corpus(built, tmp_path):
+    _, out = built
+    suite = tmp_path / "suite"
+    shutil.copytree(out, suite)
+    make_folds(suite / "sfx", suite / "sfx-folds", k=3)
+    assert suite_hashes_from_folder(suite) == suite_hashes_from_folder(out)  # the same recordings

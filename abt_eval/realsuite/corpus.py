@@ -81,6 +81,8 @@ def suite_hashes_from_folder(suite_dir: Path) -> dict[str, str]:
     found = [p / "provenance.json" for p in tasks]
     for path in found:
         record = json.loads(path.read_text())
+        if "made_from" in record:  # k folds of another task (folds.py): no recordings of their own
+            continue
         for split in SPLITS:
             for f in record["source_files"][split]:
                 out[f["sha256"]] = f"{f['package']}/{f['path']}"

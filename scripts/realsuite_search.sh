@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The recipe search on the recorded suite (issue 17, docs/realsuite.md): 40 TPE trials of the 360-step
+# cpu-hour recipe with waveform augmentations, chosen on 5-fold drums + sfx (their test splits unseen).
+# A machine's disk does not outlive a session here, so the study travels in git as a journal.
+#
+#   scripts/realsuite_search.sh run      build what is missing (suite, corpus, waveform shards, folds),
+#                                        import docs/studies/realsuite-tpe.jsonl if there is no study yet,
+#                                        and run the sweep until the study holds 40 finished trials
+#   scripts/realsuite_search.sh export   write the study to docs/studies/realsuite-tpe.jsonl (commit it);
+#                                        safe while the sweep runs (its running trial is queued again)
+#
+# WORK (default /work/cache) holds the data and the sweep; PYTHON (default .venv/bin/python) runs it.
+# The sweep runs under `nice`, so other work on the machine goes first.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+WORK="${WORK:-/work/cache}"
+SRC="$WORK/realsuite-src"
+SUITE="$WORK/realsuite"
+CORPUS="$WORK/realcorpus"
+SHARDS="$WORK/realcorpus-wshards"
+OUT="$WORK/realsuite-search"
+STUDY=realsuite-tpe
+JOURNAL="$ROOT/docs/studies/$STUDY.jsonl"
+
+prepare_data() {
+    "$PY" -m abt_eval.realsuite build "$SUITE" --cache "$SRC" --no-progress
+    "$PY" -m abt_eval.realsuite corpus "$CORPUS" --cache "$SRC" --suite "$SUITE" --no-progress
+    "$PY" -m training.prepare "$CORPUS" "$SHARDS" --store waveform --no-progress
+    for task in drums sfx; do
+        "$PY" -m abt_eval.realsuite folds "$SUITE/$task" "$SUITE/$task-folds"
+    done
+}
+
+# The reference points run first in a new study: the paper's augmentations (base), all five waveform
+# blocks at 0.5, and the best trial of the first study (whose files were lost; docs/realsuite.md).
+BASE="augment.wave_gain_p=0 augment.wave_eq_p=0 augment.wave_reverb_p=0 augment.wave_pitch_p=0"
+BASE+=" augment.wave_stretch_p=0 augment.wave_pitch_semitones=2 augment.mixup_ratio=0.4 lambd=0.005"
+ALL_HALF="augment.wave_gain_p=0.5 augment.wave_eq_p=0.5 augment.wave_reverb_p=0.5 augment.wave_pitch_p=0.5"
+ALL_HALF+=" augment.wave_stretch_p=0.5 augment.wave_pitch_semitones=2 augment.mixup_ratio=0.4 lambd=0.005"
+STUDY1_BEST="augment.wave_gain_p=0.22 augment.wave_eq_p=0.16 augment.wave_reverb_p=0.15 augment.wave_pitch_p=0.56"
+STUDY1_BEST+=" augment.wave_stretch_p=0.66 augment.wave_pitch_semitones=0.56 augment.mixup_ratio=0.12 lambd=0.0012"
+
+run_sweep() {
+    if [[ ! -f "$OUT/study.db" && -f "$JOURNAL" ]]; then
+        "$PY" -m abt_eval.sweep_archive import "$JOURNAL" "$OUT/study.db" --study-name "$STUDY"
+    fi
+    exec nice -n 5 "$PY" -m abt_eval.sweep --data "$SHARDS" \
+        --task "$SUITE/drums-folds" --task "$SUITE/sfx-folds" --eval-split test \
+        --out "$OUT" --study-name "$STUDY" --preset cpu-hour \
+        --probe-seeds 3 --report-unit steps --report-every 90 --pruner hyperband \
+        --sampler tpe --startup-trials 10 --n-trials 40 --save-models \
+        --space augment.wave_gain_p=float:0:0.8 --space augment.wave_eq_p=float:0:0.8 \
+        --space augment.wave_reverb_p=float:0:0.8 --space augment.wave_pitch_p=float:0:0.8 \
+        --space augment.wave_stretch_p=float:0:0.8 --space augment.wave_pitch_semitones=float:0.5:4 \
+        --space augment.mixup_ratio=float:0:0.5 --space lambd=log:0.001:0.02 \
+        --enqueue "$BASE" --enqueue "$ALL_HALF" --enqueue "$STUDY1_BEST" \
+        steps=360 rankme_every=0 image_every=0 checkpoint_every=0 probe_every=0
+}
+
+case "${1:-}" in
+    run)
+        prepare_data
+        run_sweep
+        ;;
+    export)
+        mkdir -p "$(dirname "$JOURNAL")"
+        "$PY" -m abt_eval.sweep_archive export "$OUT/study.db" "$JOURNAL" --study-name "$STUDY"
+        ;;
+    *)
+        echo "usage: $0 run|export" >&2
+        exit 2
+        ;;
+esac
