@@ -48,6 +48,7 @@ from training.loop import steps
 
 from .search_args import probe_seed_list, seeded_linear_eval, shared_options
 from .stats import mean_interval
+from .sweep_archive import ArchiveError, load_study_file
 from .sweep_report import write_report
 from .sweep_space import (
     SPACE_PRESETS,
@@ -56,6 +57,7 @@ from .sweep_space import (
     build_space,
     check_space,
     parse_enqueue,
+    top_enqueues,
     trial_config,
 )
 
@@ -471,7 +473,10 @@ def open_study(
     if known is None:
         study.set_user_attr("settings", record)
         for text, values in zip(args.enqueue or [], enqueued):  # e.g. today's recipe
-            study.enqueue_trial(values, user_attrs={"enqueued": text})
+            origin = getattr(args, "enqueue_origin", {}).get(text)
+            study.enqueue_trial(
+                values, user_attrs={"enqueued": text, **({"top_of": origin} if origin else {})}
+            )
     elif known != record:
         diff = [k for k in record if record[k] != known.get(k)]
         raise SweepError(
@@ -508,6 +513,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     params, fixed = build_space(
         args.space_preset, args.space, Path(args.space_file) if args.space_file else None
     )
+    args.enqueue_origin = {}
+    if args.enqueue_top:
+        if not args.top_of:
+            raise SweepError("--enqueue-top needs --top-of STUDY_FILE (a study.db or an exported .jsonl)")
+        source = load_study_file(Path(args.top_of), args.top_of_study or args.study_name)
+        for text, number, value in top_enqueues(source, args.enqueue_top, params):
+            print(f"queued: trial {number} of {source.study_name!r} (value {value:.4f}): {text}", flush=True)
+            args.enqueue = [*(args.enqueue or []), text]
+            args.enqueue_origin[text] = {"study": source.study_name, "trial": number, "value": value}
     enqueued = [parse_enqueue(text, params) for text in args.enqueue or []]
     overrides = [f"{k}={json.dumps(v)}" for k, v in fixed.items()] + list(args.overrides)
     base = check_space(args.preset, overrides, params)
@@ -626,6 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="'K=V K=V'",
         help="a trial to run first in a new study (e.g. today's recipe as a reference; repeatable)",
     )
+    ap.add_argument(
+        "--enqueue-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="queue the K best complete trials of --top-of first in a new study (e.g. to re-run them with "
+        "--pretrain-seeds 3)",
+    )
+    ap.add_argument(
+        "--top-of", default=None, metavar="FILE", help="study.db or exported .jsonl for --enqueue-top"
+    )
+    ap.add_argument("--top-of-study", default=None, metavar="NAME", help="its study (default: --study-name)")
     return ap
 
 
@@ -641,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run_sweep(args)
-    except (SweepError, FileNotFoundError) as err:
+    except (SweepError, ArchiveError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except engine.TrainingSetupError as err:

@@ -64,6 +64,15 @@ def _load(storage, study_name: str, where: Path):
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
+def load_study_file(path: Path, study_name: str):
+    """A study from a sweep's SQLite file or from a journal this module wrote (``.jsonl``), by suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"{path}: no such study file")
+    storage = _journal(path) if path.suffix == ".jsonl" else _sqlite_url(path)
+    return _load(storage, study_name, path)
+
+
 def _by_state(trials) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in trials:

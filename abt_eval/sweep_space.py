@@ -194,6 +194,23 @@ def parse_enqueue(text: str, params: list[Param]) -> dict[str, Any]:
     return values
 
 
+def top_enqueues(study, k: int, params: list[Param]) -> list[tuple[str, int, float]]:
+    """The ``k`` best complete trials of ``study`` as ``--enqueue`` texts (best first; ties: the earlier
+    trial), each with its trial number and value; each must be a point of ``params``' space."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < k:
+        raise SweepError(f"--enqueue-top {k}: study {study.study_name!r} has {len(done)} complete trials")
+    best = sorted(done, key=lambda t: (-t.value, t.number))[:k]
+    out = []
+    for t in best:
+        text = " ".join(f"{key}={json.dumps(value)}" for key, value in sorted(t.params.items()))
+        parse_enqueue(text, params)  # refuses a trial of another space
+        out.append((text, t.number, t.value))
+    return out
+
+
 def check_space(preset: str, overrides: list[str], params: list[Param]) -> TrainConfig:
     """Check every setting before anything runs (a space over a setting that does not exist fails here);
     returns the config at the space's low corner, whose seed, batch and length every trial shares."""

@@ -6,6 +6,8 @@
 #   scripts/realsuite_search.sh run      build what is missing (suite, corpus, waveform shards, folds),
 #                                        import docs/studies/realsuite-tpe.jsonl if there is no study yet,
 #                                        and run the sweep until the study holds 40 finished trials
+#   scripts/realsuite_search.sh confirm  the study's 3 best trials, each pre-trained with 3 seeds (a study
+#                                        of its own in WORK/realsuite-confirm), once the search is done
 #   scripts/realsuite_search.sh export   write the study to docs/studies/realsuite-tpe.jsonl (commit it);
 #                                        safe while the sweep runs (its running trial is queued again)
 #
@@ -43,21 +45,34 @@ ALL_HALF+=" augment.wave_stretch_p=0.5 augment.wave_pitch_semitones=2 augment.mi
 STUDY1_BEST="augment.wave_gain_p=0.22 augment.wave_eq_p=0.16 augment.wave_reverb_p=0.15 augment.wave_pitch_p=0.56"
 STUDY1_BEST+=" augment.wave_stretch_p=0.66 augment.wave_pitch_semitones=0.56 augment.mixup_ratio=0.12 lambd=0.0012"
 
+SPACE=(
+    --space augment.wave_gain_p=float:0:0.8 --space augment.wave_eq_p=float:0:0.8
+    --space augment.wave_reverb_p=float:0:0.8 --space augment.wave_pitch_p=float:0:0.8
+    --space augment.wave_stretch_p=float:0:0.8 --space augment.wave_pitch_semitones=float:0.5:4
+    --space augment.mixup_ratio=float:0:0.5 --space lambd=log:0.001:0.02
+)
+# Chosen on the folds, 3 probe seeds per report; 360 steps with nothing else kept.
+COMMON=(
+    --data "$SHARDS" --task "$SUITE/drums-folds" --task "$SUITE/sfx-folds" --eval-split test
+    --preset cpu-hour --probe-seeds 3 --report-unit steps --report-every 90 --save-models "${SPACE[@]}"
+    steps=360 rankme_every=0 image_every=0 checkpoint_every=0 probe_every=0
+)
+
 run_sweep() {
     if [[ ! -f "$OUT/study.db" && -f "$JOURNAL" ]]; then
         "$PY" -m abt_eval.sweep_archive import "$JOURNAL" "$OUT/study.db" --study-name "$STUDY"
     fi
-    exec nice -n 5 "$PY" -m abt_eval.sweep --data "$SHARDS" \
-        --task "$SUITE/drums-folds" --task "$SUITE/sfx-folds" --eval-split test \
-        --out "$OUT" --study-name "$STUDY" --preset cpu-hour \
-        --probe-seeds 3 --report-unit steps --report-every 90 --pruner hyperband \
-        --sampler tpe --startup-trials 10 --n-trials 40 --save-models \
-        --space augment.wave_gain_p=float:0:0.8 --space augment.wave_eq_p=float:0:0.8 \
-        --space augment.wave_reverb_p=float:0:0.8 --space augment.wave_pitch_p=float:0:0.8 \
-        --space augment.wave_stretch_p=float:0:0.8 --space augment.wave_pitch_semitones=float:0.5:4 \
-        --space augment.mixup_ratio=float:0:0.5 --space lambd=log:0.001:0.02 \
-        --enqueue "$BASE" --enqueue "$ALL_HALF" --enqueue "$STUDY1_BEST" \
-        steps=360 rankme_every=0 image_every=0 checkpoint_every=0 probe_every=0
+    exec nice -n 5 "$PY" -m abt_eval.sweep "${COMMON[@]}" --out "$OUT" --study-name "$STUDY" \
+        --pruner hyperband --sampler tpe --startup-trials 10 --n-trials 40 \
+        --enqueue "$BASE" --enqueue "$ALL_HALF" --enqueue "$STUDY1_BEST"
+}
+
+# The search's 3 best trials again, each pre-trained with 3 seeds (in lockstep; 9 scores per trial with
+# the 3 probe seeds), so that the choice does not rest on one pre-training seed.
+confirm() {
+    exec nice -n 5 "$PY" -m abt_eval.sweep "${COMMON[@]}" --out "$WORK/realsuite-confirm" \
+        --study-name realsuite-confirm --pruner none --pretrain-seeds 3 --n-trials 3 \
+        --enqueue-top 3 --top-of "$OUT/study.db" --top-of-study "$STUDY"
 }
 
 case "${1:-}" in
@@ -65,12 +80,15 @@ case "${1:-}" in
         prepare_data
         run_sweep
         ;;
+    confirm)
+        confirm
+        ;;
     export)
         mkdir -p "$(dirname "$JOURNAL")"
         "$PY" -m abt_eval.sweep_archive export "$OUT/study.db" "$JOURNAL" --study-name "$STUDY"
         ;;
     *)
-        echo "usage: $0 run|export" >&2
+        echo "usage: $0 run|confirm|export" >&2
         exit 2
         ;;
 esac

@@ -132,3 +132,33 @@ def test_a_sweep_continues_on_another_machine_from_its_journal(tmp_path):
     assert trials[2].params != trials[0].params and len(trials[2].intermediate_values) == 2
     # Only the new trial ran here: the imported ones have no trial folder on this machine.
     assert sorted(p.name for p in (second / "trials").iterdir()) == ["0002"]
+
+
+def test_the_best_trials_of_an_exported_study_rerun_with_several_seeds(tmp_path, capsys):
+    """The search's last step: its best trials queued in a new study, each pre-trained with 2 seeds."""
+    data = prepared_corpus(tmp_path / "corpus")
+    task = write_tone_task(tmp_path / "tones")
+    space = ["--space", "lr_weights=log:1e-3:1", "--pruner", "none", "--report-unit", "steps"]
+    space += ["--report-every", "6", "--eval-max-clips", "6", "--eval-protocol", "linear"]
+    search = tmp_path / "search"
+    assert sweep.main(argv(data, task, search, *space, "--n-trials", "3", "--sampler", "random")) == 0
+    journal = tmp_path / "study.jsonl"
+    export_study(search / "study.db", journal)
+    ranked = sorted(study_in(search / "study.db").get_trials(), key=lambda t: (-t.value, t.number))
+
+    confirm = tmp_path / "confirm"
+    extra = ["--enqueue-top", "2", "--top-of", str(journal), "--top-of-study", "abt-sweep"]
+    extra += ["--study-name", "confirm", "--pretrain-seeds", "2", "--n-trials", "2"]
+    assert sweep.main(argv(data, task, confirm, *space, *extra)) == 0
+    assert f"queued: trial {ranked[0].number} of 'abt-sweep'" in capsys.readouterr().out
+    trials = study_in(confirm / "study.db", "confirm").get_trials()
+    assert [t.params for t in trials] == [ranked[0].params, ranked[1].params]
+    assert [t.user_attrs["top_of"]["trial"] for t in trials] == [ranked[0].number, ranked[1].number]
+    assert all(len(t.user_attrs["objective_seeds"]) == 2 for t in trials)  # 2 runs x 1 probe seed
+    # Asking for more than the study has, or a study of another space, is refused with the reason.
+    more = [*extra[:1], "4", *extra[2:]]
+    assert sweep.main(argv(data, task, tmp_path / "c2", *space, *more)) == 2
+    assert "has 3 complete trials" in capsys.readouterr().err
+    other = [a.replace("lr_weights=log:1e-3:1", "lambd=log:1e-3:1e-2") for a in [*space, *extra]]
+    assert sweep.main(argv(data, task, tmp_path / "c3", *other)) == 2
+    assert "use KEY=VALUE with KEY one of ['lambd']" in capsys.readouterr().err
