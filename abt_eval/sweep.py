@@ -474,6 +474,10 @@ def open_study(
         study.set_user_attr("settings", record)
         for text, values in zip(args.enqueue or [], enqueued):  # e.g. today's recipe
             origin = getattr(args, "enqueue_origin", {}).get(text)
+            if origin:
+                print(
+                    f"queued: trial {origin['trial']} of {origin['study']!r} (value {origin['value']:.4f}): {text}"
+                )
             study.enqueue_trial(
                 values, user_attrs={"enqueued": text, **({"top_of": origin} if origin else {})}
             )
@@ -519,7 +523,6 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise SweepError("--enqueue-top needs --top-of STUDY_FILE (a study.db or an exported .jsonl)")
         source = load_study_file(Path(args.top_of), args.top_of_study or args.study_name)
         for text, number, value in top_enqueues(source, args.enqueue_top, params):
-            print(f"queued: trial {number} of {source.study_name!r} (value {value:.4f}): {text}", flush=True)
             args.enqueue = [*(args.enqueue or []), text]
             args.enqueue_origin[text] = {"study": source.study_name, "trial": number, "value": value}
     enqueued = [parse_enqueue(text, params) for text in args.enqueue or []]

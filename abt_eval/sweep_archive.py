@@ -95,12 +95,13 @@ def export_study(db: Path, out: Path, study_name: str = "abt-sweep") -> Copied:
     tmp.unlink(missing_ok=True)
     try:
         journal = _journal(tmp)
-        optuna.copy_study(from_study_name=study_name, from_storage=src._storage, to_storage=journal)
+        optuna.copy_study(from_study_name=study_name, from_storage=_sqlite_url(db), to_storage=journal)
         dst = optuna.load_study(study_name=study_name, storage=journal)
         running = [t.number for t in dst.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         requeue = RequeueOnce()
+        study_id = journal.get_study_id_from_name(study_name)
         for number in running:
-            trial_id = dst.trials[number]._trial_id
+            trial_id = journal.get_trial_id_from_study_id_trial_number(study_id, number)
             journal.set_trial_user_attr(trial_id, "error", RUNNING_WHEN_EXPORTED)
             journal.set_trial_state_values(trial_id, TrialState.FAIL)
             requeue(dst, journal.get_trial(trial_id))
@@ -119,10 +120,11 @@ def import_study(journal: Path, db: Path, study_name: str = "abt-sweep") -> Copi
 
     if not journal.is_file():
         raise ArchiveError(f"{journal}: no such study journal")
-    src = _load(_journal(journal), study_name, journal)
+    storage = _journal(journal)
+    src = _load(storage, study_name, journal)
     db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        optuna.copy_study(from_study_name=study_name, from_storage=src._storage, to_storage=_sqlite_url(db))
+        optuna.copy_study(from_study_name=study_name, from_storage=storage, to_storage=_sqlite_url(db))
     except optuna.exceptions.DuplicatedStudyError:
         raise ArchiveError(
             f"{db} already holds a study {study_name!r}: import into a new sweep folder, or remove it first"
