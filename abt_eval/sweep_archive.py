@@ -33,7 +33,7 @@ class ArchiveError(RuntimeError):
 
 @dataclass(frozen=True)
 class Copied:
-    trials: int
+    trials: int  # in the source
     by_state: dict[str, int]
     requeued: list[int]  # trials that were running, exported as failed and queued again
 
@@ -105,12 +105,12 @@ def export_study(db: Path, out: Path, study_name: str = "abt-sweep") -> Copied:
             journal.set_trial_user_attr(trial_id, "error", RUNNING_WHEN_EXPORTED)
             journal.set_trial_state_values(trial_id, TrialState.FAIL)
             requeue(dst, journal.get_trial(trial_id))
-        n_trials = len(dst.get_trials(deepcopy=False))
         atomic_write_bytes(out, tmp.read_bytes())  # the journal is small: a few kB per trial
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.lock").unlink(missing_ok=True)
-    return Copied(n_trials, _by_state(src.get_trials(deepcopy=False)), running)
+    trials = src.get_trials(deepcopy=False)
+    return Copied(len(trials), _by_state(trials), running)
 
 
 def import_study(journal: Path, db: Path, study_name: str = "abt-sweep") -> Copied:
