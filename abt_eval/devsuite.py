@@ -177,9 +177,10 @@ def task_metadata(
 
 def write_task_files(task_dir: Path, entries: dict, labels: list[str], metadata: dict) -> None:
     """The HEAR 2021 files beside ``task_dir/16000``: the split label files (``entries[split]``: file
-    name -> labels), ``labelvocabulary.csv`` and ``task_metadata.json`` (also used by abt_eval.realsuite)."""
-    for split in SPLITS:
-        atomic_write_text(task_dir / f"{split}.json", json.dumps(entries[split], indent=1))
+    name -> labels, for each split or fold), ``labelvocabulary.csv`` and ``task_metadata.json`` (also
+    used by abt_eval.realsuite)."""
+    for split, labels_of in entries.items():
+        atomic_write_text(task_dir / f"{split}.json", json.dumps(labels_of, indent=1))
     with atomic_open(task_dir / "labelvocabulary.csv", "w") as f:
         w = csv.writer(f)
         w.writerow(["idx", "label"])

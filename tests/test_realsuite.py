@@ -451,6 +451,7 @@ def test_folds_hold_train_and_valid_never_test(built, task, tmp_path):
         ("fold01", "fold02"),
         ("fold02", "fold00"),
     ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]  # built beside it, renamed into place
     # Made again with the same settings: kept; with others: refused, untouched.
     stamp = (dst / "fold00.json").stat().st_mtime_ns
     assert main(["folds", str(src), str(dst), "--k", "3"]) == 0
@@ -465,6 +466,13 @@ def test_folds_refuse_what_they_cannot_split(built, tmp_path, capsys):
     assert "scene task with train/valid/test splits" in capsys.readouterr().err
     assert main(["folds", str(out / "drums"), str(tmp_path / "d"), "--k", "2"]) == 1
     assert "at least 3 folds" in capsys.readouterr().err
+    # A folder that holds something else is never overwritten.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["folds", str(out / "drums"), str(other), "--k", "3"]) == 1
+    assert "is not a folds task" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
     half = tmp_path / "half"
     shutil.copytree(out / "drums", half)
     (half / ".complete").unlink()

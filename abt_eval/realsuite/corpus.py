@@ -21,6 +21,7 @@ from hear_abt.fileio import atomic_write_text
 
 from ..devsuite import SPLITS
 from ..sounds import active_span, fade, normalise, process_pool, seed_for, write_wav
+from .folds import MADE_FROM
 from .sources import (
     EVENT_CLASSES,
     SPEECH_LANGUAGES,
@@ -72,7 +73,8 @@ def suite_sources(cache: Path, tasks=TASKS, *, fetch: bool = True, log=print) ->
 def suite_hashes_from_folder(suite_dir: Path) -> dict[str, str]:
     """SHA-256 -> source of every source file recorded in the ``provenance.json`` files of a built suite."""
     out = {}
-    tasks = sorted(p for p in Path(suite_dir).iterdir() if p.is_dir())
+    # Hidden folders are not tasks (a folds task being built is one, folds.py).
+    tasks = sorted(p for p in Path(suite_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
     unfinished = [p.name for p in tasks if not (p / ".complete").is_file()]
     if unfinished or not tasks:  # a half-built task's recordings would go unchecked
         raise OverlapError(
@@ -81,7 +83,7 @@ def suite_hashes_from_folder(suite_dir: Path) -> dict[str, str]:
     found = [p / "provenance.json" for p in tasks]
     for path in found:
         record = json.loads(path.read_text())
-        if "made_from" in record:  # k folds of another task (folds.py): no recordings of their own
+        if MADE_FROM in record:  # k folds of another task: no recordings of their own
             continue
         for split in SPLITS:
             for f in record["source_files"][split]:

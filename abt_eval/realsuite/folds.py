@@ -8,11 +8,13 @@ folds). The test split stays unseen by anything that chooses a recipe.
 
 Folds keep the task's groups whole (a kit piece, a take: never in two folds) and balance each label
 over the folds: a label's groups, largest first, each go to the fold that holds fewest clips of that
-label (ties: fewest clips in all, then a seeded order). Clips are hard links to the task's files.
+label (ties: fewest clips in all, then a seeded order). Clips are hard links to the task's files. The
+task is built beside its folder and renamed into place, so it is there whole or not at all.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -22,7 +24,10 @@ from pathlib import Path
 
 from hear_abt.fileio import atomic_write_text
 
+from ..devsuite import write_task_files
+
 SOURCE_SPLITS = ("train", "valid")
+MADE_FROM = "made_from"  # the provenance key that marks a folds task (no recordings of its own)
 
 
 class FoldsError(ValueError):
@@ -71,7 +76,8 @@ def _link(src: Path, dst: Path) -> None:
 
 def make_folds(task_dir: str | Path, out_dir: str | Path, k: int = 5, seed: int = 0) -> dict:
     """Write the k-fold task ``out_dir`` from the built task ``task_dir``; returns its metadata. A complete
-    one made from the same task with the same ``k`` and ``seed`` is kept; anything else there is an error."""
+    one made from the same task with the same ``k`` and ``seed`` is kept; anything else in a non-empty
+    ``out_dir`` is an error (never overwritten)."""
     task_dir, out_dir = Path(task_dir).resolve(), Path(out_dir).resolve()
     if k < 3:
         raise FoldsError(f"k={k}: a k-fold task needs at least 3 folds (one test, one valid, one train)")
@@ -92,7 +98,7 @@ def make_folds(task_dir: str | Path, out_dir: str | Path, k: int = 5, seed: int 
             return json.loads((out_dir / "task_metadata.json").read_text())
         raise FoldsError(f"{out_dir} holds folds made otherwise ({marker.read_text()}): remove it first")
     if out_dir.exists() and any(out_dir.iterdir()):
-        shutil.rmtree(out_dir)  # an unfinished earlier attempt (no marker): made again
+        raise FoldsError(f"{out_dir} exists and is not a folds task: choose another folder or remove it")
 
     prov = json.loads((task_dir / "provenance.json").read_text())
     clips: dict[str, tuple[str, str]] = {}
@@ -107,14 +113,17 @@ def make_folds(task_dir: str | Path, out_dir: str | Path, k: int = 5, seed: int 
     folds = assign_folds(clips, k, seed)
 
     names = [f"fold{i:02d}" for i in range(k)]
-    audio = out_dir / str(meta["sample_rate"])
+    # Built beside the target and renamed into place: a killed run leaves no half-made task.
+    building = out_dir.with_name(f".{out_dir.name}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    rate = str(meta["sample_rate"])
     for name, fold in zip(names, folds):
-        (audio / name).mkdir(parents=True, exist_ok=True)
+        (building / rate / name).mkdir(parents=True)
         for key in fold:
             split = origin[key]
-            _link(task_dir / str(meta["sample_rate"]) / split / key[len(split) + 1 :], audio / name / key)
-        atomic_write_text(out_dir / f"{name}.json", json.dumps({c: [clips[c][0]] for c in fold}, indent=1))
-    shutil.copy2(task_dir / "labelvocabulary.csv", out_dir / "labelvocabulary.csv")
+            _link(task_dir / rate / split / key[len(split) + 1 :], building / rate / name / key)
+    with open(task_dir / "labelvocabulary.csv", newline="") as f:
+        vocabulary = [row["label"] for row in sorted(csv.DictReader(f), key=lambda r: int(r["idx"]))]
     fold_meta = {
         **meta,
         "task_name": out_dir.name,
@@ -124,9 +133,10 @@ def make_folds(task_dir: str | Path, out_dir: str | Path, k: int = 5, seed: int 
         "description": f"{k} folds of {task_dir.name}'s train and valid splits (its test split left out), "
         f"groups kept whole: {prov['held_out']}",
     }
-    atomic_write_text(out_dir / "task_metadata.json", json.dumps(fold_meta, indent=1))
+    entries = {name: {c: [clips[c][0]] for c in fold} for name, fold in zip(names, folds)}
+    write_task_files(building, entries, vocabulary, fold_meta)
     fold_prov = {
-        "made_from": made_from,
+        MADE_FROM: made_from,
         "held_out": prov["held_out"],
         "folds": {
             name: {"clips": len(fold), "groups": sorted({clips[c][1] for c in fold})}
@@ -137,6 +147,9 @@ def make_folds(task_dir: str | Path, out_dir: str | Path, k: int = 5, seed: int 
             for name, fold in zip(names, folds)
         },
     }
-    atomic_write_text(out_dir / "provenance.json", json.dumps(fold_prov, indent=1))
-    atomic_write_text(marker, json.dumps(made_from))  # last: a killed run is made again
+    atomic_write_text(building / "provenance.json", json.dumps(fold_prov, indent=1))
+    atomic_write_text(building / ".complete", json.dumps(made_from))
+    if out_dir.exists():
+        out_dir.rmdir()  # empty (checked above)
+    os.replace(building, out_dir)
     return fold_meta
