@@ -449,12 +449,12 @@ def open_study(
     storage_url: str,
     params: list[Param],
     fixed: dict[str, Any],
-    enqueued: list[dict[str, Any]],
+    enqueued: list[tuple[dict[str, Any], dict[str, Any]]],
     seed: int,
     n_reports: int,
 ):
     """Create the study, or load it and check that it was started with the same settings; a new study
-    gets the ``--enqueue`` trials first."""
+    gets the ``enqueued`` trials (values, user attributes) first."""
     import optuna
 
     study = optuna.create_study(
@@ -472,15 +472,13 @@ def open_study(
     known = study.user_attrs.get("settings")
     if known is None:
         study.set_user_attr("settings", record)
-        for text, values in zip(args.enqueue or [], enqueued):  # e.g. today's recipe
-            origin = getattr(args, "enqueue_origin", {}).get(text)
-            if origin:
+        for values, attrs in enqueued:  # e.g. today's recipe, or another study's best trials
+            if "top_of" in attrs:
+                top = attrs["top_of"]
                 print(
-                    f"queued: trial {origin['trial']} of {origin['study']!r} (value {origin['value']:.4f}): {text}"
+                    f"queued: trial {top['trial']} of {top['study']!r} (value {top['value']:.4f}): {attrs['enqueued']}"
                 )
-            study.enqueue_trial(
-                values, user_attrs={"enqueued": text, **({"top_of": origin} if origin else {})}
-            )
+            study.enqueue_trial(values, user_attrs=attrs)
     elif known != record:
         diff = [k for k in record if record[k] != known.get(k)]
         raise SweepError(
@@ -517,15 +515,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     params, fixed = build_space(
         args.space_preset, args.space, Path(args.space_file) if args.space_file else None
     )
-    args.enqueue_origin = {}
+    enqueued = [(parse_enqueue(text, params), {"enqueued": text}) for text in args.enqueue or []]
     if args.enqueue_top:
         if not args.top_of:
             raise SweepError("--enqueue-top needs --top-of STUDY_FILE (a study.db or an exported .jsonl)")
         source = load_study_file(Path(args.top_of), args.top_of_study or args.study_name)
-        for text, number, value in top_enqueues(source, args.enqueue_top, params):
-            args.enqueue = [*(args.enqueue or []), text]
-            args.enqueue_origin[text] = {"study": source.study_name, "trial": number, "value": value}
-    enqueued = [parse_enqueue(text, params) for text in args.enqueue or []]
+        for text, values, number, value in top_enqueues(source, args.enqueue_top, params):
+            top_of = {"study": source.study_name, "trial": number, "value": value}
+            enqueued.append((values, {"enqueued": text, "top_of": top_of}))
     overrides = [f"{k}={json.dumps(v)}" for k, v in fixed.items()] + list(args.overrides)
     base = check_space(args.preset, overrides, params)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,7 @@ def load_study_file(path: Path, study_name: str):
 
 
 def _by_state(trials) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
+    return dict(Counter(t.state.name for t in trials))
 
 
 def export_study(db: Path, out: Path, study_name: str = "abt-sweep") -> Copied:

@@ -194,9 +194,9 @@ def parse_enqueue(text: str, params: list[Param]) -> dict[str, Any]:
     return values
 
 
-def top_enqueues(study, k: int, params: list[Param]) -> list[tuple[str, int, float]]:
-    """The ``k`` best complete trials of ``study`` as ``--enqueue`` texts (best first; ties: the earlier
-    trial), each with its trial number and value; each must be a point of ``params``' space."""
+def top_enqueues(study, k: int, params: list[Param]) -> list[tuple[str, dict[str, Any], int, float]]:
+    """The ``k`` best complete trials of ``study`` (best first; ties: the earlier trial) as ``--enqueue``
+    text and values, with trial number and value; each must be a point of ``params``' space."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -206,8 +206,7 @@ def top_enqueues(study, k: int, params: list[Param]) -> list[tuple[str, int, flo
     out = []
     for t in best:
         text = " ".join(f"{key}={json.dumps(value)}" for key, value in sorted(t.params.items()))
-        parse_enqueue(text, params)  # refuses a trial of another space
-        out.append((text, t.number, t.value))
+        out.append((text, parse_enqueue(text, params), t.number, t.value))  # refuses another space
     return out
 
 
