@@ -162,26 +162,40 @@ def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, flo
         return {}, f"fANOVA importances not computed: {err}"
 
 
+def ranked(trials) -> list:
+    """Complete trials best first, then pruned ones by their last report, then the rest by number."""
+    from optuna.trial import TrialState
+
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
+
+    def key(t):
+        return (order.get(t.state, 2), t.value is None, -(t.value or 0.0), t.number)
+
+    return sorted(trials, key=key)
+
+
 def trials_table(
     trials, names: list[str], compared: dict[int, tuple[float | None, Comparison | None]] | None = None
 ) -> list[str]:
-    """The markdown table of ``summary.md``: one row per trial (score ± 95 % and "vs best" with seeds)."""
+    """The markdown table of ``summary.md``: one row per trial, best first (score ± 95 % and "vs best"
+    with seeds), with every report's score in order, so that a pruned trial shows where it stopped."""
     compared = compared or {}
     header = ["trial", "state", "score", *names, "per task (last report)", "reports", "s", "error"]
     if compared:
         header.insert(3, "vs best")
     rows = []
-    for t in trials:
+    for t in ranked(trials):
         last_tasks = (t.user_attrs.get("task_scores") or [{}])[-1]
         half = compared.get(t.number, (None, None))[0]
         score = cell(t.value, ".4f") + (f" ± {half:.4f}" if half is not None else "")
         verdict = [verdict_text(compared.get(t.number)) or "-"] if compared else []
+        reports = [f"{t.intermediate_values[k]:.3f}" for k in sorted(t.intermediate_values)]
         rows.append(
             [str(t.number), t.state.name, score, *verdict]
             + [cell(t.params.get(n), ".3g", missing="") for n in names]
             + [
                 ", ".join(f"{k} {v:.3f}" for k, v in last_tasks.items()) or "-",
-                str(len(t.intermediate_values)),
+                " / ".join(reports) or "-",
                 str(t.user_attrs.get("seconds", "")),
                 str(t.user_attrs.get("error", ""))[:80],
             ]
@@ -226,3 +240,37 @@ def save_plots(study, folder: Path, importances_ok: bool) -> list[Path]:
             print(f"plot {name} skipped: {type(err).__name__}: {err}", file=sys.stderr)
             plt.close("all")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The report of an archived study (``study.db`` or an exported journal), e.g. the committed
+    ``docs/studies/*.jsonl`` on a machine where the sweep never ran."""
+    import argparse
+
+    import optuna
+
+    from .sweep_archive import ArchiveError, load_study_file
+
+    ap = argparse.ArgumentParser(
+        prog="python -m abt_eval.sweep_report",
+        description="Write a study's summary.md, trials.csv, importances.json, best.json and plots.",
+    )
+    ap.add_argument("study", type=Path, help="a sweep's study.db or a journal from abt_eval.sweep_archive")
+    ap.add_argument("out", type=Path, help="folder for the report (created; its files are replaced)")
+    ap.add_argument("--study-name", default="abt-sweep")
+    ap.add_argument("--seed", type=int, default=0, help="fANOVA's seed (default: %(default)s)")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = load_study_file(args.study, args.study_name)
+    except ArchiveError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(study, args.out, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

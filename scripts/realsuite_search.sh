@@ -10,6 +10,9 @@
 #                                        of its own in WORK/realsuite-confirm), once the search is done
 #   scripts/realsuite_search.sh export   write the study to docs/studies/realsuite-tpe.jsonl (commit it);
 #                                        safe while the sweep runs (its running trial is queued again)
+#   scripts/realsuite_search.sh report [DIR]
+#                                        the committed journal's summary.md (trials best first), trials.csv
+#                                        and plots, in DIR (default WORK/realsuite-tpe-report)
 #
 # WORK (default /work/cache) holds the data and the sweep; PYTHON (default .venv/bin/python) runs it.
 # The sweep runs under `nice`, so other work on the machine goes first.
@@ -87,8 +90,11 @@ case "${1:-}" in
         mkdir -p "$(dirname "$JOURNAL")"
         "$PY" -m abt_eval.sweep_archive export "$OUT/study.db" "$JOURNAL" --study-name "$STUDY"
         ;;
+    report)
+        "$PY" -m abt_eval.sweep_report "$JOURNAL" "${2:-$WORK/$STUDY-report}" --study-name "$STUDY"
+        ;;
     *)
-        echo "usage: $0 run|confirm|export" >&2
+        echo "usage: $0 run|confirm|export|report [DIR]" >&2
         exit 2
         ;;
 esac

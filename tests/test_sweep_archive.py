@@ -10,7 +10,7 @@ import pytest
 from test_linear_eval import write_tone_task
 from test_sweep import argv, prepared_corpus
 
-from abt_eval import sweep, sweep_archive
+from abt_eval import sweep, sweep_archive, sweep_report
 from abt_eval.sweep_archive import RUNNING_WHEN_EXPORTED, ArchiveError, export_study, import_study
 
 FIELDS = ("number", "state", "params", "distributions", "value", "intermediate_values", "user_attrs")
@@ -107,6 +107,36 @@ def test_errors_name_the_file_and_the_way_out(tmp_path, capsys):
     assert sweep_archive.main(["import", str(journal), str(tmp_path / "c.db")]) == 0
     out = capsys.readouterr().out
     assert "6 trials" in out and "trials [3] were running" in out
+
+
+def test_report_of_a_journal_ranks_trials_and_shows_every_report(tmp_path, capsys):
+    """``python -m abt_eval.sweep_report`` on an exported journal (the docs' tables come from it): best
+    complete trial first, then pruned by their last report, then the rest; every report in order."""
+    study = hand_made_study(tmp_path / "a.db")
+    extra = study.ask()  # the enqueued trial 4 runs: complete, better than trial 0, reported once
+    extra.suggest_float("lambd", 0.001, 0.02, log=True)
+    extra.suggest_categorical("augment.rrc_time_only", [True, False])
+    extra.report(0.8, 90)
+    study.tell(extra, 0.8)
+    journal = tmp_path / "study.jsonl"
+    export_study(tmp_path / "a.db", journal)
+    before = journal.read_bytes()
+    assert sweep_report.main([str(journal), str(tmp_path / "report")]) == 0
+    assert journal.read_bytes() == before  # reading a journal never writes to it
+    lines = (tmp_path / "report" / "summary.md").read_text().splitlines()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln[:3].strip("| ").isdigit()]
+    assert [r[:3] for r in rows] == [
+        ["4", "COMPLETE", "0.8000"],
+        ["0", "COMPLETE", "0.7610"],
+        ["1", "PRUNED", "0.7280"],  # a pruned trial's value is its last report
+        ["2", "FAIL", "-"],
+        ["3", "FAIL", "-"],  # running when exported
+        ["5", "WAITING", "-"],  # trial 3 queued again
+    ]
+    assert rows[1][-3] == "0.709 / 0.718" and rows[0][-3] == "0.800" and rows[5][-3] == "-"
+    assert (tmp_path / "report" / "plots" / "history.png").is_file()
+    assert sweep_report.main([str(journal), str(tmp_path / "r2"), "--study-name", "other"]) == 2
+    assert "holds no study 'other'" in capsys.readouterr().err
 
 
 def test_a_sweep_continues_on_another_machine_from_its_journal(tmp_path):
