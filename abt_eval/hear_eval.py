@@ -436,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    missing = heareval_missing(settings.python)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     random_failed = build_baselines(specs, args.seed)  # before any pair runs: their pairs need the weights
     results = run_pairs([(spec, task) for spec in specs for task in tasks], settings, random_failed)
     try:
@@ -456,6 +460,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r.model} / {r.task}: {r.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def heareval_missing(python: str) -> str | None:
+    """Why heareval's runners cannot start under ``python`` (None: they can). Checked once, before
+    any baseline is built or pair is run, instead of a traceback per (model, task) pair."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('heareval') is None)"
+    if subprocess.run([python, "-c", probe], stdin=subprocess.DEVNULL).returncode == 0:
+        return None
+    return (
+        f"heareval is not installed for {python}: install the HEAR tools with "
+        f"`{python} -m abt_eval.hear_tools install` (docs/evaluation.md)"
+    )
 
 
 def build_baselines(specs: Sequence[ModelSpec], seed: int) -> dict[str, str]:

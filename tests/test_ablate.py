@@ -87,11 +87,9 @@ def test_hear_scores_join_the_table(setup, tmp_path, monkeypatch):
     the real runners are exercised by the heartools tests) and its scores become table columns."""
     from test_hear_eval import FakeHeareval
 
-    from abt_eval import hear_eval
-
     data, task = setup
     fake = FakeHeareval(accuracy={"rlf": 0.7, "mixup+rrc+rlf": 0.3})
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     argv = ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, "--eval-max-clips", "6"]
     argv += ["--only", "rlf,mixup+rrc+rlf", "--hear-tasks", str(task.parent), "--hear-grid", "faster"]

@@ -252,6 +252,12 @@ class FakeHeareval:
         # (model, probe seed) -> what that seed adds to the model's accuracy (default: nothing)
         self.seed_effect = seed_effect or (lambda model, seed: 0.0)
 
+    def install(self, monkeypatch) -> FakeHeareval:
+        """Stand in for heareval: its runners, and the check that it is installed."""
+        monkeypatch.setattr(hear_eval, "run_logged", self)
+        monkeypatch.setattr(hear_eval, "heareval_missing", lambda python: None)
+        return self
+
     def __call__(self, cmd, log_file, env, cwd):
         cmd = list(cmd)
         self.cmds.append(cmd)
@@ -317,7 +323,7 @@ def tasks_dir(tmp_path):
 
 def test_resume_skips_cached_pairs(tmp_path, tasks_dir, tiny_model, monkeypatch, capsys):
     fake = FakeHeareval({"abt": 0.6, "abt-random": 0.4})
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     argv = [
         "--tasks-dir",
@@ -357,7 +363,7 @@ def test_resume_skips_cached_pairs(tmp_path, tasks_dir, tiny_model, monkeypatch,
 
 def test_failure_of_one_task_does_not_stop_the_others(tmp_path, tasks_dir, tiny_model, monkeypatch, capsys):
     fake = FakeHeareval(fail_tasks={"voices"})
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     rc = hear_eval.main(["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", f"m={tiny_model}"])
     assert rc == 1
@@ -385,7 +391,7 @@ def test_jobs_run_pairs_at_once_with_a_share_of_the_cores(
     tmp_path, tasks_dir, tiny_model, monkeypatch, capsys
 ):
     fake = ConcurrentFake(accuracy={"abt": 0.6, "abt-random": 0.4})
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hear_eval.os, "cpu_count", lambda: 8)
     out = tmp_path / "out"
@@ -397,7 +403,7 @@ def test_jobs_run_pairs_at_once_with_a_share_of_the_cores(
     assert {env["OMP_NUM_THREADS"] for _, _, env in fake.calls} == {"4"}  # 8 cores / 2 jobs
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins
     fake = ConcurrentFake()
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     argv2 = ["--tasks-dir", str(tasks_dir), "--out", str(tmp_path / "out2"), "--model", f"a={tiny_model}"]
     assert hear_eval.main(argv2 + ["--model", f"b={tiny_model}", "--tasks", "words", "--jobs", "2"]) == 0
     assert {env["OMP_NUM_THREADS"] for _, _, env in fake.calls} == {"1"} and len(fake.calls) == 4
@@ -406,7 +412,7 @@ def test_jobs_run_pairs_at_once_with_a_share_of_the_cores(
 
 def test_log_mel_reference_alone(tmp_path, tasks_dir, monkeypatch, capsys):
     fake = FakeHeareval()
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     base = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--tasks", "words"]
     assert hear_eval.main(base + ["--logmel-reference"]) == 0
@@ -421,7 +427,7 @@ def test_log_mel_reference_alone(tmp_path, tasks_dir, monkeypatch, capsys):
 
 def test_hub_id_goes_through_the_environment(tmp_path, tasks_dir, monkeypatch):
     fake = FakeHeareval()
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     out = tmp_path / "out"
     argv = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", "hub=org/abt@v1", "--tasks", "words"]
@@ -434,7 +440,7 @@ def test_hub_id_goes_through_the_environment(tmp_path, tasks_dir, monkeypatch):
 
 
 def test_bad_arguments(tmp_path, tasks_dir, tiny_model, monkeypatch):
-    monkeypatch.setattr(hear_eval, "run_logged", FakeHeareval())
+    FakeHeareval().install(monkeypatch)
     base = ["--tasks-dir", str(tasks_dir), "--out", str(tmp_path / "o")]
     assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--model", f"a={tiny_model}"]) == 2
     assert hear_eval.main(base + ["--model", f"a={tiny_model}", "--tasks", "nope"]) == 2
@@ -442,6 +448,43 @@ def test_bad_arguments(tmp_path, tasks_dir, tiny_model, monkeypatch):
     assert hear_eval.main(base + ["--model", "a=not a/hub id"]) == 2  # neither a path nor a Hub id
     with pytest.raises(EvalError, match="NAME=SOURCE"):
         hear_eval.parse_model_arg("justapath")
+
+
+def test_missing_heareval_is_one_clear_error_before_anything_runs(
+    tmp_path, tasks_dir, tiny_model, monkeypatch, capsys
+):
+    # The check itself, on interpreters that certainly lack and certainly have a `heareval` package:
+    # -S drops site-packages; PYTHONPATH then supplies a stand-in package.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    why = hear_eval.heareval_missing(str(python))
+    assert (
+        why and f"heareval is not installed for {python}" in why and "-m abt_eval.hear_tools install" in why
+    )
+    (tmp_path / "site" / "heareval").mkdir(parents=True)
+    (tmp_path / "site" / "heareval" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    assert hear_eval.heareval_missing(str(python)) is None
+
+    # In the command: exit 2 with that one line; no baseline built, no runner started.
+    fake = FakeHeareval()
+    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    monkeypatch.setattr(hear_eval, "heareval_missing", lambda python: "heareval is not installed for X")
+    out = tmp_path / "o"
+    argv = [
+        "--tasks-dir",
+        str(tasks_dir),
+        "--out",
+        str(out),
+        "--model",
+        f"a={tiny_model}",
+        "--random-baseline",
+    ]
+    assert hear_eval.main(argv) == 2
+    assert capsys.readouterr().err.strip() == "error: heareval is not installed for X"
+    assert fake.cmds == [] and not (out / "random-init").exists()
 
 
 def test_compat_runner_is_a_module_of_the_package():
@@ -472,7 +515,7 @@ def test_seeds_share_the_embeddings_and_a_rerun_reuses_finished_seeds(
     tmp_path, tasks_dir, tiny_model, monkeypatch, capsys
 ):
     fake = seeded_fake()
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     argv = ["--tasks-dir", str(tasks_dir), "--out", str(out), "--model", f"abt={tiny_model}"]
     argv += ["--random-baseline", "--seeds", "3"]

@@ -111,7 +111,7 @@ def test_hear_eval_logmel_reference_goes_through_the_same_runner(tmp_path, monke
     write_task(tasks / "words", ["top1_acc"])
     weights = save_pretrained(tmp_path / "tiny", TINY, ABTEmbedder(TINY).encoder.state_dict())
     fake = FakeHeareval({"abt": 0.6, "logmel": 0.5})
-    monkeypatch.setattr(hear_eval, "run_logged", fake)
+    fake.install(monkeypatch)
     out = tmp_path / "out"
     argv = ["--tasks-dir", str(tasks), "--out", str(out), "--model", f"abt={weights}", "--logmel-reference"]
     assert hear_eval.main(argv) == 0
