@@ -213,6 +213,7 @@ class TrialReporter:
         self.scores: list[float] = []
         self.per_task: list[dict[str, float]] = []
         self.per_seed: list[list[float]] = []  # per report: the score of each probe seed
+        self.seconds: list[float] = []  # per report: since the trial started (what a kill keeps)
 
     def __call__(self, index: int, step: int, score: float, loss: float) -> None:
         import optuna
@@ -221,12 +222,12 @@ class TrialReporter:
         self.scores.append(score)
         self.per_task.append(dict(self.score_fn.last))
         self.per_seed.append(list(self.score_fn.last_seeds))
+        self.seconds.append(round(time.perf_counter() - self.t0, 1))
         detail = ",".join(f"{self.per_task[-1][n]:.6g}" for n in self.names)
-        self.rows.append(
-            f"{index},{step},{score:.6g},{detail},{loss:.6g},{time.perf_counter() - self.t0:.1f}"
-        )
+        self.rows.append(f"{index},{step},{score:.6g},{detail},{loss:.6g},{self.seconds[-1]:.1f}")
         atomic_write_text(self.trial_dir / "reports.csv", "\n".join(self.rows) + "\n")
         trial.set_user_attr("scores", self.scores)
+        trial.set_user_attr("report_seconds", self.seconds)
         trial.set_user_attr("task_scores", self.per_task)
         if len(self.per_seed[-1]) > 1:
             trial.set_user_attr("seed_scores", self.per_seed)

@@ -95,6 +95,8 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
         *trials_table(trials, names, compared),
         "",
         *seed_summary(compared),
+        cost_line(trials),
+        "",
         "fANOVA importances: " + (", ".join(f"{k} {v:.2f}" for k, v in importances.items()) or note),
         "",
         "Plots: " + ", ".join(p.name for p in plots),
@@ -102,6 +104,27 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return paths
+
+
+def cost_line(trials) -> str:
+    """What the study cost in trial time, by state. A failed trial counts up to its last report (the
+    ``report_seconds`` attribute; a kill loses the rest); waiting and running trials count nothing."""
+    from optuna.trial import TrialState
+
+    parts, total = [], 0.0
+    for state, label in ((TrialState.COMPLETE, "complete"), (TrialState.PRUNED, "pruned")):
+        group = [t for t in trials if t.state == state]
+        hours = sum(float(t.user_attrs.get("seconds") or 0.0) for t in group) / 3600
+        total += hours
+        parts.append(f"{len(group)} {label} {hours:.2f} h")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    timed = [t.user_attrs["report_seconds"][-1] for t in failed if t.user_attrs.get("report_seconds")]
+    if timed:
+        total += sum(timed) / 3600
+        parts.append(f"{len(timed)} failed {sum(timed) / 3600:.2f} h (to their last report)")
+    if len(failed) > len(timed):
+        parts.append(f"{len(failed) - len(timed)} failed with no time recorded")
+    return f"Cost: {total:.2f} h of trial time ({', '.join(parts)})"
 
 
 def same_as_best(compared: dict[int, tuple[float | None, Comparison | None]]) -> list[int]:

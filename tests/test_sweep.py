@@ -125,7 +125,13 @@ def test_two_trials_pruned_and_reported(setup, tmp_path):
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [1] for t in trials)
     assert (out / "trials" / "0000" / "reports.csv").read_text().count("\n") == 2
-    assert "PRUNED" in (out / "summary.md").read_text()
+    # The time of each report is kept with the trial (what a killed trial's cost is counted from).
+    for t in trials:
+        (at,) = t.user_attrs["report_seconds"]
+        last = (out / "trials" / f"{t.number:04d}" / "reports.csv").read_text().splitlines()[-1]
+        assert 0 < at <= t.user_attrs["seconds"] and float(last.split(",")[-1]) == at
+    summary = (out / "summary.md").read_text()
+    assert "PRUNED" in summary and "Cost: " in summary and "(0 complete 0.00 h, 2 pruned " in summary
 
 
 def test_several_tasks_score_their_mean(setup, tmp_path):

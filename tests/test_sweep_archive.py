@@ -42,6 +42,7 @@ def hand_made_study(db):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         elif state == "failed":
             trial.set_user_attr("error", "RuntimeError: boom")
+            trial.set_user_attr("report_seconds", [300.0, 720.0])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     study.enqueue_trial({"lambd": 0.005, "augment.rrc_time_only": False}, user_attrs={"enqueued": "BASE"})
     return study
@@ -117,6 +118,7 @@ def test_report_of_a_journal_ranks_trials_and_shows_every_report(tmp_path, capsy
     extra.suggest_float("lambd", 0.001, 0.02, log=True)
     extra.suggest_categorical("augment.rrc_time_only", [True, False])
     extra.report(0.8, 90)
+    extra.set_user_attr("seconds", 1800.0)
     study.tell(extra, 0.8)
     journal = tmp_path / "study.jsonl"
     export_study(tmp_path / "a.db", journal)
@@ -134,6 +136,11 @@ def test_report_of_a_journal_ranks_trials_and_shows_every_report(tmp_path, capsy
         ["5", "WAITING", "-"],  # trial 3 queued again
     ]
     assert rows[1][-3] == "0.709 / 0.718" and rows[0][-3] == "0.800" and rows[5][-3] == "-"
+    # 1800 s complete + 720 s to the failed trial's last report; the trial killed at export has no time.
+    assert (
+        "Cost: 0.70 h of trial time (2 complete 0.50 h, 1 pruned 0.00 h, 1 failed 0.20 h (to their last "
+        "report), 1 failed with no time recorded)" in lines
+    )
     assert (tmp_path / "report" / "plots" / "history.png").is_file()
     assert sweep_report.main([str(journal), str(tmp_path / "r2"), "--study-name", "other"]) == 2
     assert "holds no study 'other'" in capsys.readouterr().err
