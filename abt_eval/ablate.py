@@ -405,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         task_names(args.task)
         probe_seed_list(0, args.probe_seeds)  # refuses N < 1 before anything trains
         tasks = [HearTask(t, args.eval_max_clips) for t in args.task]
+        if args.hear_tasks:  # found out now, not after every variant has trained
+            from abt_eval.hear_eval import heareval_missing
+
+            missing = heareval_missing(sys.executable)
+            if missing:
+                raise AblationError(f"--hear-tasks: {missing}")
     except (AblationError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -108,6 +108,20 @@ def test_hear_scores_join_the_table(setup, tmp_path, monkeypatch):
     assert float(rows["mixup+rrc+rlf"]["HEAR average"]) == pytest.approx(0.3)
 
 
+def test_hear_tasks_without_heareval_are_refused_before_anything_trains(setup, tmp_path, monkeypatch, capsys):
+    from abt_eval import hear_eval
+
+    data, task = setup
+    monkeypatch.setattr(
+        hear_eval, "heareval_missing", lambda python: f"heareval is not installed for {python}"
+    )
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--task", str(task), "--out", str(out), *TINY, "--only", "rlf"]
+    assert ablate.main(argv + ["--hear-tasks", str(task.parent)]) == 2
+    assert "error: --hear-tasks: heareval is not installed for" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+
+
 def test_sweep_and_ablate_share_their_common_options():
     from abt_eval import sweep
     from abt_eval.search_args import shared_options
