@@ -15,7 +15,10 @@
 #                                        and plots, in DIR (default WORK/realsuite-tpe-report)
 #
 # WORK (default /work/cache) holds the data and the sweep; PYTHON (default .venv/bin/python) runs it.
-# The sweep runs under `nice`, so other work on the machine goes first.
+# The sweep runs under `nice -n 5`, which orders it only against work started from the same session: with
+# Linux autogroups (/proc/sys/kernel/sched_autogroup_enabled = 1) each session (terminal, `setsid`) shares
+# the CPU equally with the others whatever their nice values. To let the sweep yield to other sessions,
+# or another session yield to it: `echo 19 > /proc/PID/autogroup` (any PID of the session to lower).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
