@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sounds import needs_sound_programs
 
 from abt_eval import hear_eval, hear_tools
 from abt_eval.hear_report import results_table, write_outputs
@@ -747,6 +748,7 @@ def test_random_baseline_folder_is_reused_for_the_same_config(tmp_path, tiny_mod
 
 
 @pytest.mark.heartools
+@needs_sound_programs()  # the task is espeak-ng speech
 def test_real_heareval_run_on_devsuite_small(tmp_path, capsys):
     """The real runners (through abt_eval.heareval_compat) on a tiny model and the log-mel reference,
     side by side (--jobs 2), then a second probe seed (abt_eval.seeded_predictions): about 1 min on 2 cores."""
