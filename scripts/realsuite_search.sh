@@ -6,13 +6,16 @@
 #   scripts/realsuite_search.sh run      build what is missing (suite, corpus, waveform shards, folds),
 #                                        import docs/studies/realsuite-tpe.jsonl if there is no study yet,
 #                                        and run the sweep until the study holds 40 finished trials
-#   scripts/realsuite_search.sh confirm  the study's 3 best trials, each pre-trained with 3 seeds (a study
-#                                        of its own in WORK/realsuite-confirm), once the search is done
-#   scripts/realsuite_search.sh export   write the study to docs/studies/realsuite-tpe.jsonl (commit it);
-#                                        safe while the sweep runs (its running trial is queued again)
-#   scripts/realsuite_search.sh report [DIR]
+#   scripts/realsuite_search.sh confirm  the committed journal's 3 best trials, each pre-trained with 3 seeds
+#                                        (a study of its own, WORK/realsuite-confirm), once the search is done;
+#                                        continues docs/studies/realsuite-confirm.jsonl if there is no study yet
+#   scripts/realsuite_search.sh export   write the studies to docs/studies/realsuite-{tpe,confirm}.jsonl
+#                                        (commit them); safe while a sweep runs (its running trial is queued
+#                                        again)
+#   scripts/realsuite_search.sh report [DIR] [confirm]
 #                                        the committed journal's summary.md (trials best first), trials.csv
-#                                        and plots, in DIR (default WORK/realsuite-tpe-report)
+#                                        and plots, in DIR (default WORK/realsuite-tpe-report); with
+#                                        `confirm`, those of the confirmation study
 #
 # WORK (default /work/cache) holds the data and the sweep; PYTHON (default .venv/bin/python) runs it.
 # The sweep runs under `nice -n 5`, which orders it only against work started from the same session: with
@@ -32,6 +35,9 @@ SHARDS="$WORK/realcorpus-wshards"
 OUT="$WORK/realsuite-search"
 STUDY=realsuite-tpe
 JOURNAL="$ROOT/docs/studies/$STUDY.jsonl"
+CONFIRM_OUT="$WORK/realsuite-confirm"
+CONFIRM=realsuite-confirm
+CONFIRM_JOURNAL="$ROOT/docs/studies/$CONFIRM.jsonl"
 
 prepare_data() {
     "$PY" -m abt_eval.realsuite build "$SUITE" --cache "$SRC" --no-progress
@@ -74,11 +80,15 @@ run_sweep() {
 }
 
 # The search's 3 best trials again, each pre-trained with 3 seeds (in lockstep; 9 scores per trial with
-# the 3 probe seeds), so that the choice does not rest on one pre-training seed.
+# the 3 probe seeds), so that the choice does not rest on one pre-training seed. The best 3 are read from
+# the committed journal, so that another machine confirms the same trials.
 confirm() {
-    exec nice -n 5 "$PY" -m abt_eval.sweep "${COMMON[@]}" --out "$WORK/realsuite-confirm" \
-        --study-name realsuite-confirm --pruner none --pretrain-seeds 3 --n-trials 3 \
-        --enqueue-top 3 --top-of "$OUT/study.db" --top-of-study "$STUDY"
+    if [[ ! -f "$CONFIRM_OUT/study.db" && -f "$CONFIRM_JOURNAL" ]]; then
+        "$PY" -m abt_eval.sweep_archive import "$CONFIRM_JOURNAL" "$CONFIRM_OUT/study.db" --study-name "$CONFIRM"
+    fi
+    exec nice -n 5 "$PY" -m abt_eval.sweep "${COMMON[@]}" --out "$CONFIRM_OUT" \
+        --study-name "$CONFIRM" --pruner none --pretrain-seeds 3 --n-trials 3 \
+        --enqueue-top 3 --top-of "$JOURNAL" --top-of-study "$STUDY"
 }
 
 case "${1:-}" in
@@ -92,9 +102,16 @@ case "${1:-}" in
     export)
         mkdir -p "$(dirname "$JOURNAL")"
         "$PY" -m abt_eval.sweep_archive export "$OUT/study.db" "$JOURNAL" --study-name "$STUDY"
+        if [[ -f "$CONFIRM_OUT/study.db" ]]; then
+            "$PY" -m abt_eval.sweep_archive export "$CONFIRM_OUT/study.db" "$CONFIRM_JOURNAL" --study-name "$CONFIRM"
+        fi
         ;;
     report)
-        "$PY" -m abt_eval.sweep_report "$JOURNAL" "${2:-$WORK/$STUDY-report}" --study-name "$STUDY"
+        if [[ "${3:-}" == confirm ]]; then
+            "$PY" -m abt_eval.sweep_report "$CONFIRM_JOURNAL" "${2:-$WORK/$CONFIRM-report}" --study-name "$CONFIRM"
+        else
+            "$PY" -m abt_eval.sweep_report "$JOURNAL" "${2:-$WORK/$STUDY-report}" --study-name "$STUDY"
+        fi
         ;;
     *)
         echo "usage: $0 run|confirm|export|report [DIR]" >&2
