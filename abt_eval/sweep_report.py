@@ -19,14 +19,25 @@ from .mdtable import cell, markdown_table
 from .stats import Comparison, mean_interval, paired_t_test
 
 
-def vs_best(trials) -> dict[int, tuple[float | None, Comparison | None]]:
+def per_run(values: list[float], runs: int) -> list[float]:
+    """``objective_seeds`` of a trial pre-trained ``runs`` times (``--pretrain-seeds``) hold the probe
+    seeds' scores run after run; each run's mean is one sample. The probe seeds of one run share its
+    encoder, so testing all of them as independent pairs would overstate what the runs show."""
+    if runs <= 1 or len(values) % runs:
+        return values
+    size = len(values) // runs
+    return [sum(values[i : i + size]) / size for i in range(0, len(values), size)]
+
+
+def vs_best(trials, runs: int = 1) -> dict[int, tuple[float | None, Comparison | None]]:
     """``{trial number: (95 % half-width, paired t-test against the best)}`` for the completed trials
     scored on several probe seeds (user attribute ``objective_seeds``); the best trial's test is None.
-    Trials scored on another number of seeds than the best are not compared."""
+    Trials scored on another number of seeds than the best are not compared. With ``runs`` pre-training
+    runs per trial, the interval and the test are over the runs' means (:func:`per_run`)."""
     from optuna.trial import TrialState
 
     seeded = {
-        t.number: (t.value, list(t.user_attrs["objective_seeds"]))
+        t.number: (t.value, per_run(list(t.user_attrs["objective_seeds"]), runs))
         for t in trials
         if t.state == TrialState.COMPLETE and len(t.user_attrs.get("objective_seeds") or []) > 1
     }
@@ -58,7 +69,8 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
     paths = {"csv": out / "trials.csv", "md": out / "summary.md"}
-    compared = vs_best(trials)
+    runs = int((study.user_attrs.get("settings") or {}).get("pretrain_seeds") or 1)
+    compared = vs_best(trials, runs)
     write_trials_csv(trials, names, paths["csv"], compared)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     importances, note = fanova_importances(study, len(complete), seed)
@@ -94,7 +106,7 @@ def write_report(study, out: Path, seed: int = 0) -> dict[str, Path]:
         "",
         *trials_table(trials, names, compared),
         "",
-        *seed_summary(compared),
+        *seed_summary(compared, runs),
         cost_line(trials),
         "",
         "fANOVA importances: " + (", ".join(f"{k} {v:.2f}" for k, v in importances.items()) or note),
@@ -134,11 +146,12 @@ def same_as_best(compared: dict[int, tuple[float | None, Comparison | None]]) ->
     )
 
 
-def seed_summary(compared: dict[int, tuple[float | None, Comparison | None]]) -> list[str]:
+def seed_summary(compared: dict[int, tuple[float | None, Comparison | None]], runs: int = 1) -> list[str]:
     if not compared:
         return []
     n_seeds = next((t.n for _, t in compared.values() if t is not None), None)
-    seeds = f" over {n_seeds} probe seeds" if n_seeds else ""
+    unit = "pre-training seeds (each the mean over its probe seeds)" if runs > 1 else "probe seeds"
+    seeds = f" over {n_seeds} {unit}" if n_seeds else ""
     return [
         f"Indistinguishable from the best at 95% (paired t{seeds}, the same seeds for every trial): "
         + ", ".join(f"trial {n}" for n in same_as_best(compared)),

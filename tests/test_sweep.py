@@ -360,6 +360,39 @@ def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
     assert header.endswith("half_width_95,vs_best")
 
 
+def test_report_tests_pretrained_trials_over_their_runs_not_their_probe_seeds(tmp_path):
+    """--pretrain-seeds 2 with 2 probe seeds: 4 scores per trial, run after run. The probe seeds of a
+    run share its encoder, so the interval and the test take the 2 runs' means as the samples."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    study.set_user_attr("settings", {"pretrain_seeds": 2, "probe_seeds": 2})
+    dist = {"lambd": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    per_seed = {
+        0.002: [0.70, 0.72, 0.80, 0.78],  # runs 0.71, 0.79: mean 0.75
+        0.004: [0.69, 0.71, 0.77, 0.75],  # runs 0.70, 0.76: 0.01 and 0.03 below
+    }
+    for lambd, values in per_seed.items():
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lambd": lambd},
+                distributions=dist,
+                value=sum(values) / 4,
+                user_attrs={"objective_seeds": values},
+            )
+        )
+    assert sweep_report.per_run([0.70, 0.72, 0.80, 0.78], 2) == pytest.approx([0.71, 0.79])
+    assert sweep_report.per_run([0.1, 0.2, 0.3], 2) == [0.1, 0.2, 0.3]  # not run after run: as given
+    compared = sweep_report.vs_best(study.get_trials(), runs=2)
+    # t(0.975, 1 df) = 12.7062; the runs' sd is 0.08 / sqrt(2), so the half-width is 12.7062 * 0.04.
+    assert compared[0][0] == pytest.approx(12.7062047 * 0.04, rel=1e-6)
+    test = compared[1][1]
+    assert test.n == 2 and test.mean_diff == pytest.approx(-0.02)
+    # Over the 4 probe-seed pairs (differences -0.01 -0.01 -0.03 -0.03) the same trials look "worse".
+    assert sweep_report.vs_best(study.get_trials())[1][1].verdict == "worse"
+    assert test.verdict == "indistinguishable at 95%"
+    md = sweep_report.write_report(study, tmp_path)["md"].read_text()
+    assert "paired t over 2 pre-training seeds (each the mean over its probe seeds)" in md
+
+
 def test_pretrain_seeds_run_in_lockstep_each_as_it_would_alone(setup, tmp_path):
     """--pretrain-seeds 2: two runs (seeds S, S+1) per trial, each the run a sweep with that seed trains
     alone (weights bit for bit), the trial's scores their mean, the per-seed records run after run."""
