@@ -424,7 +424,26 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[str, Any]) -> dict[str, Any]:
+def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "encoder_kwargs":  # encoder_kwargs is one open-ended setting
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def base_settings(base: TrainConfig, params: list[Param]) -> dict[str, Any]:
+    """Every resolved training setting the space does not search (dotted keys). A preset is a name whose
+    values can change between releases; a continued study must run its trials on the same base."""
+    searched = {p.name for p in params}
+    return {k: v for k, v in sorted(_dotted(base.to_dict()).items()) if k not in searched}
+
+
+def settings_record(
+    args: argparse.Namespace, params: list[Param], fixed: dict[str, Any], base: TrainConfig
+) -> dict[str, Any]:
     """What a resumed sweep must repeat: the base settings, the space and how trials are scored."""
     record = {
         "preset": args.preset,
@@ -441,7 +460,25 @@ def settings_record(args: argparse.Namespace, params: list[Param], fixed: dict[s
         record["probe_seeds"] = args.probe_seeds
     if args.pretrain_seeds > 1:
         record["pretrain_seeds"] = args.pretrain_seeds
+    record["base"] = base_settings(base, params)
     return _jsonable(record)
+
+
+def settings_diff(known: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """The recorded settings a continued sweep would change, named; [] when it may continue. Studies
+    started before ``base`` was recorded (2026-12-04) are compared on the rest."""
+    diff = []
+    for key, value in record.items():
+        if key == "base" and key in known:
+            old = known[key]
+            diff += [
+                f"{k}: {old.get(k, '(unset)')!r} -> {value.get(k, '(unset)')!r}"
+                for k in sorted(set(old) | set(value))
+                if old.get(k) != value.get(k)
+            ]
+        elif key != "base" and value != known.get(key):
+            diff.append(key)
+    return diff
 
 
 def open_study(
@@ -451,7 +488,7 @@ def open_study(
     params: list[Param],
     fixed: dict[str, Any],
     enqueued: list[tuple[dict[str, Any], dict[str, Any]]],
-    seed: int,
+    base: TrainConfig,
     n_reports: int,
 ):
     """Create the study, or load it and check that it was started with the same settings; a new study
@@ -462,14 +499,14 @@ def open_study(
         storage=storage,
         study_name=args.study_name,
         direction="maximize",
-        sampler=make_sampler(args.sampler, seed, args.startup_trials),
+        sampler=make_sampler(args.sampler, base.seed, args.startup_trials),
         pruner=make_pruner(args.pruner, n_reports),
         load_if_exists=True,
     )
     done = len(study.get_trials(deepcopy=False))
     if done:  # a continued study: a sampler seeded as at its start would draw its first points again
-        study.sampler = make_sampler(args.sampler, seed + done, args.startup_trials)
-    record = settings_record(args, params, fixed)
+        study.sampler = make_sampler(args.sampler, base.seed + done, args.startup_trials)
+    record = settings_record(args, params, fixed, base)
     known = study.user_attrs.get("settings")
     if known is None:
         study.set_user_attr("settings", record)
@@ -480,12 +517,14 @@ def open_study(
                     f"queued: trial {top['trial']} of {top['study']!r} (value {top['value']:.4f}): {attrs['enqueued']}"
                 )
             study.enqueue_trial(values, user_attrs=attrs)
-    elif known != record:
-        diff = [k for k in record if record[k] != known.get(k)]
+    elif diff := settings_diff(known, record):
         raise SweepError(
-            f"study {args.study_name!r} in {storage_url} was started with other settings ({', '.join(diff)}): "
-            "repeat them to continue it, or use another --study-name or --out"
+            f"study {args.study_name!r} in {storage_url} was started with other settings ({'; '.join(diff)}): "
+            "repeat them (a preset whose values changed: its old values as overrides) to continue it, or "
+            "use another --study-name or --out"
         )
+    elif "base" not in known:
+        study.set_user_attr("settings", {**known, "base": record["base"]})
     return study
 
 
@@ -536,7 +575,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     storage_url = args.storage or f"sqlite:///{out / 'study.db'}"
     requeue = RequeueOnce()
     storage = make_storage(storage_url, args.heartbeat, requeue)
-    study = open_study(args, storage, storage_url, params, fixed, enqueued, base.seed, n_reports)
+    study = open_study(args, storage, storage_url, params, fixed, enqueued, base, n_reports)
     killed = recover_killed_trials(study, storage, requeue if args.on_killed == "rerun" else None)
     if killed:
         print(

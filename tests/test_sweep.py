@@ -24,6 +24,7 @@ from test_linear_eval import write_tone_task
 from abt_eval import sweep, sweep_report, sweep_space
 from hear_abt.weights import load_weights
 from training import prepare
+from training.config import PRESETS, build_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
@@ -151,6 +152,35 @@ def test_several_tasks_score_their_mean(setup, tmp_path):
     assert header == "report,step,score,tones,tones-b,loss,seconds"
     # Two folders of one name cannot be told apart in the records: refused.
     assert sweep.main(argv(data, task, tmp_path / "o2", "--task", str(task), *extra[2:])) == 2
+
+
+def test_a_continued_study_refuses_a_preset_whose_values_changed(setup, tmp_path, monkeypatch, capsys):
+    """The record holds the resolved settings, not only the preset's name: a release that changes
+    cpu-tiny's projector would silently change a continued study's trials. Searched settings may
+    change (the space overrides them), and a study recorded before the base was kept continues."""
+    data, task = setup
+    out = tmp_path / "out"
+    extra = ["--space", "lr_weights=log:1e-2:1", "--report-unit", "steps", "--report-every", "6"]
+    extra += ["--pruner", "none", "--eval-max-clips", "6", "--sampler", "random"]
+    assert sweep.main(argv(data, task, out, *extra, "--n-trials", "1")) == 0
+    base = load(out).user_attrs["settings"]["base"]
+    assert base["projector_depth"] == build_config("cpu-tiny").projector_depth == 2
+    assert "lr_weights" not in base and base["augment.mixup_bank_size"] == 32
+
+    tiny = dict(PRESETS["cpu-tiny"])
+    monkeypatch.setitem(PRESETS, "cpu-tiny", {**tiny, "projector_depth": 3})
+    assert sweep.main(argv(data, task, out, *extra, "--n-trials", "2")) == 2
+    err = capsys.readouterr().err
+    assert "started with other settings (projector_depth: 2 -> 3)" in err and "as overrides" in err
+    assert len(load(out).get_trials()) == 1
+
+    monkeypatch.setitem(PRESETS, "cpu-tiny", {**tiny, "lr_weights": 0.5})
+    study = load(out)
+    settings = study.user_attrs["settings"]
+    study.set_user_attr("settings", {k: v for k, v in settings.items() if k != "base"})  # an older study
+    assert sweep.main(argv(data, task, out, *extra, "--n-trials", "2")) == 0
+    assert load(out).user_attrs["settings"] == settings  # the base is kept from now on
+    assert len(load(out).get_trials()) == 2
 
 
 def test_a_sweep_over_the_papers_sgd_space_trains(setup, tmp_path):

@@ -1,5 +1,7 @@
 """Training settings: presets, checks before anything is built, --help per preset, per-rank seeds."""
 
+from pathlib import Path
+
 import pytest
 
 from training import engine, pretrain
@@ -13,13 +15,51 @@ def test_every_preset_is_valid(preset):
     assert cfg.validate() is cfg
 
 
-def test_cpu_hour_is_the_documented_recipe():
+def test_cpu_hour_is_the_searched_recipe_and_the_first_one_stays():
     cfg = build_config("cpu-hour")
     assert cfg.encoder_kwargs == {"channels": 32, "mlp_dim": 512}
-    assert (cfg.projector_hidden, cfg.projector_out, cfg.batch_size, cfg.steps) == (2048, 256, 128, 1440)
+    assert (cfg.projector_hidden, cfg.projector_out, cfg.batch_size, cfg.steps) == (2048, 256, 128, 360)
     # The run length is a setting, not an epoch cap plus a flag.
-    assert engine.run_length(cfg, steps_per_epoch=7) == 1440
+    assert engine.run_length(cfg, steps_per_epoch=7) == 360
     assert engine.run_length(build_config("cpu-tiny"), steps_per_epoch=7) == 20 * 7
+    # The search's trial 10, as the journal records it: every searched setting, exactly.
+    journal = Path(__file__).resolve().parents[1] / "docs" / "studies" / "realsuite-tpe.jsonl"
+    trial10 = searched_params(journal, 10)
+    assert trial10["lambd"] == cfg.lambd
+    assert {k: v for k, v in trial10.items() if k != "lambd"} == {
+        f"augment.{k}": getattr(cfg.augment, k)
+        for k in ("mixup_ratio", "wave_gain_p", "wave_eq_p", "wave_reverb_p", "wave_pitch_p")
+        + ("wave_pitch_semitones", "wave_stretch_p")
+    }
+    # The search varied only those: with them and steps=360, cpu-hour-1440 is the trial's base exactly.
+    overrides = [f"{k}={v!r}" for k, v in trial10.items()] + ["steps=360"]
+    assert build_config("cpu-hour-1440", overrides) == cfg
+    first = build_config("cpu-hour-1440")
+    assert (first.steps, first.augment.mixup_ratio, first.lambd, first.augment.wave_pitch_p) == (
+        1440,
+        0.4,
+        0.005,
+        0,
+    )
+
+
+def searched_params(journal: Path, number: int) -> dict:
+    """A trial's parameters from an exported study journal (`abt_eval.sweep_archive export`: JSON lines,
+    one `op_code` 4 record per trial, in trial order), checking that it is the study's best."""
+    import json
+
+    trials = [op for op in map(json.loads, journal.read_text().splitlines()) if op["op_code"] == 4]
+    best = max((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
+    assert best is trials[number]
+    return trials[number]["params"]
+
+
+def test_overrides_leave_the_preset_untouched():
+    """A dotted override writes into a nested dict; the next build must not see it."""
+    assert build_config("cpu-tiny", ["encoder_kwargs.channels=64"]).encoder_kwargs["channels"] == 64
+    assert build_config("cpu-tiny").encoder_kwargs == {"channels": 16, "mlp_dim": 256}
+    assert build_config("cpu-hour", ["augment.wave_gain_p=0.5"]).augment.wave_gain_p == 0.5
+    assert build_config("cpu-hour").augment.wave_gain_p < 0.06
 
 
 @pytest.mark.parametrize(
@@ -46,7 +86,7 @@ def test_help_lists_the_chosen_presets_values(capsys):
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--preset", "cpu-hour", "--run-dir", "x", "--help"])
     out = capsys.readouterr().out
-    assert "Settings of preset 'cpu-hour'" in out and "steps = 1440" in out and "batch_size = 128" in out
+    assert "Settings of preset 'cpu-hour'" in out and "steps = 360" in out and "batch_size = 128" in out
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--run-dir", "x", "--help"])
     assert f"Settings of preset '{DEFAULT_PRESET}'" in capsys.readouterr().out
