@@ -191,6 +191,11 @@ def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, flo
 
     if n_complete < 2:
         return {}, f"fANOVA importances need >= 2 completed (unpruned) trials; the study has {n_complete}"
+    if all(rerun_of(t, study.get_trials(deepcopy=False)) for t in study.get_trials(deepcopy=False)):
+        return (
+            {},
+            "fANOVA importances not computed: every trial re-runs another study's (chosen, not sampled)",
+        )
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
@@ -219,6 +224,9 @@ def trials_table(
     header = ["trial", "state", "score", *names, "per task (last report)", "reports", "s", "error"]
     if compared:
         header.insert(3, "vs best")
+    origins = {t.number: rerun_of(t, trials) for t in trials}
+    if any(origins.values()):  # a confirmation study (--enqueue-top): which trial each one re-runs
+        header.insert(1, "re-runs")
     rows = []
     for t in ranked(trials):
         last_tasks = (t.user_attrs.get("task_scores") or [{}])[-1]
@@ -226,8 +234,9 @@ def trials_table(
         score = cell(t.value, ".4f") + (f" ± {half:.4f}" if half is not None else "")
         verdict = [verdict_text(compared.get(t.number)) or "-"] if compared else []
         reports = [f"{t.intermediate_values[k]:.3f}" for k in sorted(t.intermediate_values)]
+        origin = [origins[t.number] or "-"] if any(origins.values()) else []
         rows.append(
-            [str(t.number), t.state.name, score, *verdict]
+            [str(t.number), *origin, t.state.name, score, *verdict]
             + [cell(t.params.get(n), ".3g", missing="") for n in names]
             + [
                 ", ".join(f"{k} {v:.3f}" for k, v in last_tasks.items()) or "-",
@@ -237,6 +246,19 @@ def trials_table(
             ]
         )
     return markdown_table(header, rows)
+
+
+def rerun_of(trial, trials) -> str:
+    """ "STUDY trial N (value)" for a trial queued by ``--enqueue-top`` (or a retry of one), else ""."""
+    by_number = {t.number: t for t in trials}
+    seen = set()
+    while "top_of" not in trial.user_attrs and trial.user_attrs.get("retry_of") in by_number:
+        if trial.number in seen:
+            return ""
+        seen.add(trial.number)
+        trial = by_number[trial.user_attrs["retry_of"]]
+    top = trial.user_attrs.get("top_of")
+    return f"{top['study']} trial {top['trial']} ({top['value']:.4f})" if top else ""
 
 
 def save_plots(study, folder: Path, importances_ok: bool) -> list[Path]:

@@ -423,6 +423,31 @@ def test_report_tests_pretrained_trials_over_their_runs_not_their_probe_seeds(tm
     assert "paired t over 2 pre-training seeds (each the mean over its probe seeds)" in md
 
 
+def test_report_of_a_confirmation_names_the_trials_it_re_runs(tmp_path):
+    """--enqueue-top trials carry top_of; a retry of a killed one carries retry_of. The table says which
+    trial of the other study each re-runs, and fANOVA is not computed over chosen points."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    dist = {"lambd": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    top = {"study": "search", "trial": 10, "value": 0.7314}
+    attrs = [{"top_of": top}, {"top_of": {**top, "trial": 17, "value": 0.725}}, {"retry_of": 0}]
+    for i, (lambd, a) in enumerate(zip((0.003, 0.009, 0.003), attrs)):
+        state = optuna.trial.TrialState.FAIL if i == 0 else optuna.trial.TrialState.COMPLETE
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lambd": lambd},
+                distributions=dist,
+                value=None if i == 0 else 0.7 + i / 100,
+                user_attrs=a,
+                state=state,
+            )
+        )
+    md = sweep_report.write_report(study, tmp_path)["md"].read_text()
+    assert "| trial | re-runs | state |" in md
+    assert "| 2 | search trial 10 (0.7314) | COMPLETE |" in md  # the retry of trial 0
+    assert "| 1 | search trial 17 (0.7250) | COMPLETE |" in md
+    assert "every trial re-runs another study's" in md
+
+
 def test_pretrain_seeds_run_in_lockstep_each_as_it_would_alone(setup, tmp_path):
     """--pretrain-seeds 2: two runs (seeds S, S+1) per trial, each the run a sweep with that seed trains
     alone (weights bit for bit), the trial's scores their mean, the per-seed records run after run."""
