@@ -206,10 +206,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment": {"mixup_bank_size": 256},
     },
     # The one-CPU-hour budget's recipe (docs/realsuite.md, "The recipe search"): a reduced-width AudioNTT,
-    # 360 steps of batch 128 (12 min on an idle 2-core CPU; 4x the steps bought nothing for the paper's
-    # augmentations) with waveform pitch shift, time stretch, EQ, reverb and gain: the best of a 40-trial
-    # TPE search on recorded drums and sound effects (trial 10 of docs/studies/realsuite-tpe.jsonl, its
-    # values exactly). Its waveform blocks need waveform shards (`training.prepare --store waveform`).
+    # 360 steps of batch 128 (under 9 min on an idle 2-core CPU) with waveform pitch shift, time stretch,
+    # EQ, reverb and gain: the best of a 40-trial TPE search on recorded drums and sound effects (trial 10
+    # of docs/studies/realsuite-tpe.jsonl, its values exactly), confirmed best of the 3 re-run with 3
+    # pre-training seeds each. Over those seeds it is indistinguishable from the paper's augmentations
+    # (cpu-hour-1440's) at 360 steps. Its waveform blocks need waveform shards (`--store waveform`).
     "cpu-hour": {
         **_CPU_HOUR_MODEL,
         "steps": 360,
