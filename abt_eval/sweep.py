@@ -41,7 +41,7 @@ import torch
 from hear_abt.config import ModelConfig
 from hear_abt.fileio import atomic_write_text
 from training import engine
-from training.config import TrainConfig
+from training.config import TrainConfig, flat_settings
 from training.data import ShardDataset
 from training.linear_eval import HearTask, LinearEvalSettings, embedder_copy, task_names
 from training.loop import steps
@@ -424,21 +424,11 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "encoder_kwargs":  # encoder_kwargs is one open-ended setting
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def base_settings(base: TrainConfig, params: list[Param]) -> dict[str, Any]:
     """Every resolved training setting the space does not search (dotted keys). A preset is a name whose
     values can change between releases; a continued study must run its trials on the same base."""
     searched = {p.name for p in params}
-    return {k: v for k, v in sorted(_dotted(base.to_dict()).items()) if k not in searched}
+    return {k: v for k, v in sorted(flat_settings(base.to_dict()).items()) if k not in searched}
 
 
 def settings_record(

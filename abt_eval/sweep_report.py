@@ -191,7 +191,7 @@ def fanova_importances(study, n_complete: int, seed: int) -> tuple[dict[str, flo
 
     if n_complete < 2:
         return {}, f"fANOVA importances need >= 2 completed (unpruned) trials; the study has {n_complete}"
-    if all(rerun_of(t, study.get_trials(deepcopy=False)) for t in study.get_trials(deepcopy=False)):
+    if all(rerun_origins(study.get_trials(deepcopy=False)).values()):
         return (
             {},
             "fANOVA importances not computed: every trial re-runs another study's (chosen, not sampled)",
@@ -224,7 +224,7 @@ def trials_table(
     header = ["trial", "state", "score", *names, "per task (last report)", "reports", "s", "error"]
     if compared:
         header.insert(3, "vs best")
-    origins = {t.number: rerun_of(t, trials) for t in trials}
+    origins = rerun_origins(trials)
     if any(origins.values()):  # a confirmation study (--enqueue-top): which trial each one re-runs
         header.insert(1, "re-runs")
     rows = []
@@ -248,17 +248,24 @@ def trials_table(
     return markdown_table(header, rows)
 
 
-def rerun_of(trial, trials) -> str:
-    """ "STUDY trial N (value)" for a trial queued by ``--enqueue-top`` (or a retry of one), else ""."""
+def rerun_origins(trials) -> dict[int, str]:
+    """``{trial number: "STUDY trial N (value)"}`` for the trials queued by ``--enqueue-top`` and the
+    retries of killed ones (followed back through ``retry_of``); "" for every other trial."""
     by_number = {t.number: t for t in trials}
-    seen = set()
-    while "top_of" not in trial.user_attrs and trial.user_attrs.get("retry_of") in by_number:
-        if trial.number in seen:
-            return ""
-        seen.add(trial.number)
-        trial = by_number[trial.user_attrs["retry_of"]]
-    top = trial.user_attrs.get("top_of")
-    return f"{top['study']} trial {top['trial']} ({top['value']:.4f})" if top else ""
+
+    def origin(t) -> str:
+        seen = set()
+        while (
+            "top_of" not in t.user_attrs
+            and t.user_attrs.get("retry_of") in by_number
+            and t.number not in seen
+        ):
+            seen.add(t.number)
+            t = by_number[t.user_attrs["retry_of"]]
+        top = t.user_attrs.get("top_of")
+        return f"{top['study']} trial {top['trial']} ({top['value']:.4f})" if top else ""
+
+    return {t.number: origin(t) for t in trials}
 
 
 def save_plots(study, folder: Path, importances_ok: bool) -> list[Path]:

@@ -356,23 +356,32 @@ def test_probe_seeds_are_recorded_and_averaged(setup, tmp_path):
     assert sweep.main(logreg) == 2
 
 
+def scored_study(folder: Path, name: str, per_seed: dict, settings: dict | None = None):
+    """A study of completed trials, one per ``{value of setting name: probe-seed scores}`` entry, each
+    scored as the sweep records it (``objective_seeds``, value their mean)."""
+    study = optuna.create_study(storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    if settings:
+        study.set_user_attr("settings", settings)
+    dist = {name: optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    for x, values in per_seed.items():
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={name: x},
+                distributions=dist,
+                value=sum(values) / len(values),
+                user_attrs={"objective_seeds": values},
+            )
+        )
+    return study
+
+
 def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
-    dist = {"lr_weights": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
     per_seed = {
         0.1: [0.60, 0.62, 0.58],  # the best mean, 0.6
         0.2: [0.59, 0.63, 0.55],  # differences -0.01 +0.01 -0.03: indistinguishable
         0.3: [0.40, 0.41, 0.45],  # differences -0.20 -0.21 -0.13: worse
     }
-    for lr, values in per_seed.items():
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={"lr_weights": lr},
-                distributions=dist,
-                value=sum(values) / 3,
-                user_attrs={"objective_seeds": values},
-            )
-        )
+    study = scored_study(tmp_path, "lr_weights", per_seed)
     compared = sweep_report.vs_best(study.get_trials())
     assert compared[0] == (pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-6), None)
     assert compared[1][1].verdict == "indistinguishable at 95%"
@@ -393,22 +402,11 @@ def test_report_says_which_trials_are_indistinguishable_from_the_best(tmp_path):
 def test_report_tests_pretrained_trials_over_their_runs_not_their_probe_seeds(tmp_path):
     """--pretrain-seeds 2 with 2 probe seeds: 4 scores per trial, run after run. The probe seeds of a
     run share its encoder, so the interval and the test take the 2 runs' means as the samples."""
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
-    study.set_user_attr("settings", {"pretrain_seeds": 2, "probe_seeds": 2})
-    dist = {"lambd": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
     per_seed = {
         0.002: [0.70, 0.72, 0.80, 0.78],  # runs 0.71, 0.79: mean 0.75
         0.004: [0.69, 0.71, 0.77, 0.75],  # runs 0.70, 0.76: 0.01 and 0.03 below
     }
-    for lambd, values in per_seed.items():
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={"lambd": lambd},
-                distributions=dist,
-                value=sum(values) / 4,
-                user_attrs={"objective_seeds": values},
-            )
-        )
+    study = scored_study(tmp_path, "lambd", per_seed, {"pretrain_seeds": 2, "probe_seeds": 2})
     assert sweep_report.per_run([0.70, 0.72, 0.80, 0.78], 2) == pytest.approx([0.71, 0.79])
     assert sweep_report.per_run([0.1, 0.2, 0.3], 2) == [0.1, 0.2, 0.3]  # not run after run: as given
     compared = sweep_report.vs_best(study.get_trials(), runs=2)

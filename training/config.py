@@ -249,6 +249,18 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``TrainConfig.to_dict()`` as the dotted keys that overrides use (``augment.mixup_ratio``);
+    encoder_kwargs is one open-ended setting, and tuples become lists as JSON would store them."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "encoder_kwargs":
+            out.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data

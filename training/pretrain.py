@@ -30,7 +30,7 @@ from hear_abt.weights import save_pretrained
 
 from . import distributed, engine
 from .checkpoint import CheckpointWriter, load_training_checkpoint
-from .config import DEFAULT_PRESET, PRESETS, TrainConfig, build_config
+from .config import DEFAULT_PRESET, PRESETS, TrainConfig, build_config, flat_settings
 from .data import ShardDataset, default_reader_threads
 from .loop import EXIT_STOPPED, Cadence, StopSignals, steps
 from .monitor import Monitor
@@ -38,19 +38,9 @@ from .probe import LinearProbe
 from .run_dir import RunDir, RunDirError, RunLock
 
 
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key != "encoder_kwargs":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def settings_help(preset: str) -> str:
     lines = [f"Settings of preset {preset!r} (override as key=value, dotted for nested ones):"]
-    lines += [f"  {k} = {v!r}" for k, v in _flat(build_config(preset).to_dict()).items()]
+    lines += [f"  {k} = {v!r}" for k, v in flat_settings(build_config(preset).to_dict()).items()]
     return "\n".join(lines)
 
 
@@ -128,9 +118,9 @@ def resolve_run(args: argparse.Namespace, run_dir: RunDir, resuming: bool) -> di
     if resuming:
         run = run_dir.read_run()
         if args.preset is not None or args.overrides:
-            asked = _flat(requested_settings(args.preset or run["preset"], args.overrides))
+            asked = flat_settings(requested_settings(args.preset or run["preset"], args.overrides))
             # Through the config class, so that settings added since the run started take their defaults.
-            have = _flat(TrainConfig.from_dict(run["train"]).to_dict())
+            have = flat_settings(TrainConfig.from_dict(run["train"]).to_dict())
             diff = [
                 f"{k} (run: {have.get(k)!r}, given: {asked[k]!r})" for k in asked if asked[k] != have.get(k)
             ]
